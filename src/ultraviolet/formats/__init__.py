@@ -1,0 +1,1 @@
+"""Pure format code: bytes in, frozen dataclasses out. No I/O, no subprocess."""
