@@ -1,0 +1,1 @@
+"""Image building: key material, mkosi trees, signing, release output."""
