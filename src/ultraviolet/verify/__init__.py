@@ -1,0 +1,1 @@
+"""Offline verification of images: open with formats/ only, check every link of the chain."""

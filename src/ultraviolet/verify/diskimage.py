@@ -1,0 +1,67 @@
+"""Read-only access to a disk image file: an mmap, its GPT, partition views, the ESP.
+
+Works on a plain file as an unprivileged user: no loop devices, no mounting.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from ultraviolet.errors import VerificationError
+from ultraviolet.formats.gpt import GptPartition, GptTable, parse_gpt
+
+
+@dataclass(frozen=True)
+class DiskImage:
+    path: Path
+    data: memoryview
+    gpt: GptTable
+
+    def partition_bytes(self, partition: GptPartition) -> memoryview:
+        end = partition.start + partition.size
+        if end > len(self.data):
+            raise VerificationError(
+                f"{self.path}: partition {partition.number} ends at byte {end}, "
+                f"beyond the end of the file ({len(self.data)} bytes)"
+            )
+        return self.data[partition.start : end]
+
+    def partitions_of_type(self, name: str) -> tuple[GptPartition, ...]:
+        return tuple(p for p in self.gpt.partitions if p.type is not None and p.type.name == name)
+
+
+@contextmanager
+def map_file(path: Path) -> Iterator[memoryview]:
+    """A read-only memoryview of a whole file (zero-copy for large images)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise VerificationError(f"cannot open {path}: {exc.strerror}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise VerificationError(f"{path} is empty")
+        mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    view = memoryview(mapping)
+    try:
+        yield view
+    finally:
+        # Slices handed out (partition views) keep the mapping exported; then closing fails and
+        # the mapping is released by the garbage collector once the last slice is gone.
+        with suppress(BufferError):
+            view.release()
+            mapping.close()
+
+
+@contextmanager
+def open_disk_image(path: Path) -> Iterator[DiskImage]:
+    """Map `path` and parse its GPT; a bad GPT raises the format's error with its offset."""
+    with map_file(path) as data:
+        yield DiskImage(path, data, parse_gpt(data))
