@@ -143,3 +143,32 @@ def test_truncated_image_is_unusable_input(
     assert code == 2
     assert "beyond the end of the file" in captured.err
     assert "Traceback" not in captured.err
+
+
+@pytest.mark.oracle
+def test_inspect_agrees_with_sfdisk_and_dissect(
+    minimal_image: MkosiOutputs, tools_chroot: ToolsChroot, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = minimal_image.image
+    assert main(["inspect", str(image), "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    sfdisk = json.loads(
+        tools_chroot.run(["sfdisk", "-J", str(image)], binds=[image.parent]).text
+    )["partitiontable"]
+    assert ours["disk_guid"] == sfdisk["id"].lower()
+    assert ours["sector_size"] == sfdisk["sectorsize"]
+    expected = [
+        (p["start"] * 512, p["size"] * 512, p["type"].lower(), p["uuid"].lower(), p["name"])
+        for p in sfdisk["partitions"]
+    ]
+    got = [(p["start"], p["size"], p["type_uuid"], p["uuid"], p["label"]) for p in ours["partitions"]]
+    assert got == expected
+    dissect = json.loads(
+        tools_chroot.run(["systemd-dissect", "--json=short", str(image)], binds=[image.parent]).text
+    )
+    by_uuid = {m["partition_uuid"]: m for m in dissect["mounts"]}
+    for partition in ours["partitions"]:
+        mount = by_uuid[partition["uuid"]]
+        assert mount["designator"] == partition["type"]
+        assert mount["architecture"] == partition["architecture"]
+    assert {m["verity"] for m in dissect["mounts"] if m["designator"] == "usr"} == {"signed"}
