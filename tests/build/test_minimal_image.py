@@ -56,8 +56,12 @@ def _failing_ids(image: Path, certificate: Path) -> set[str]:
     return {r.check_id for r in report.failures()}
 
 
-def test_built_image_verifies(minimal_image: MkosiOutputs, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["verify", str(minimal_image.image), "--trust", str(minimal_image.certificate), "--json"])
+def test_built_image_verifies(
+    minimal_image: MkosiOutputs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["verify", str(minimal_image.image), "--trust", str(minimal_image.certificate), "--json"]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0, report
     assert report["ok"] is True
@@ -66,7 +70,9 @@ def test_built_image_verifies(minimal_image: MkosiOutputs, capsys: pytest.Captur
     assert {"uki.signature", "uki.usrhash", "boot.signature"} <= ids
 
 
-def test_inspect_shows_the_chain(minimal_image: MkosiOutputs, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_shows_the_chain(
+    minimal_image: MkosiOutputs, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(
         ["inspect", str(minimal_image.image), "--trust", str(minimal_image.certificate), "--json"]
     )
@@ -82,7 +88,9 @@ def test_inspect_shows_the_chain(minimal_image: MkosiOutputs, capsys: pytest.Cap
     (uki,) = info["esp"]["ukis"]
     assert uki["usrhash"] == sig["root_hash"]
     assert f"usrhash={sig['root_hash']}" in uki["cmdline"]
-    assert {".linux", ".initrd", ".cmdline", ".osrel", ".uname"} <= {s["name"] for s in uki["sections"]}
+    assert {".linux", ".initrd", ".cmdline", ".osrel", ".uname"} <= {
+        s["name"] for s in uki["sections"]
+    }
 
 
 def test_flipped_usr_data_fails_verity(image_copy: Path, minimal_image: MkosiOutputs) -> None:
@@ -152,16 +160,18 @@ def test_inspect_agrees_with_sfdisk_and_dissect(
     image = minimal_image.image
     assert main(["inspect", str(image), "--json"]) == 0
     ours = json.loads(capsys.readouterr().out)
-    sfdisk = json.loads(
-        tools_chroot.run(["sfdisk", "-J", str(image)], binds=[image.parent]).text
-    )["partitiontable"]
+    sfdisk = json.loads(tools_chroot.run(["sfdisk", "-J", str(image)], binds=[image.parent]).text)[
+        "partitiontable"
+    ]
     assert ours["disk_guid"] == sfdisk["id"].lower()
     assert ours["sector_size"] == sfdisk["sectorsize"]
     expected = [
         (p["start"] * 512, p["size"] * 512, p["type"].lower(), p["uuid"].lower(), p["name"])
         for p in sfdisk["partitions"]
     ]
-    got = [(p["start"], p["size"], p["type_uuid"], p["uuid"], p["label"]) for p in ours["partitions"]]
+    got = [
+        (p["start"], p["size"], p["type_uuid"], p["uuid"], p["label"]) for p in ours["partitions"]
+    ]
     assert got == expected
     dissect = json.loads(
         tools_chroot.run(["systemd-dissect", "--json=short", str(image)], binds=[image.parent]).text
