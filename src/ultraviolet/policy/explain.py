@@ -18,13 +18,13 @@ from ultraviolet.policy.schema import (
 
 
 def _default_text(field: Field) -> str:
-    return "required" if field.default is REQUIRED else str(json.dumps(field.default))
+    return "required" if field.default is REQUIRED else json.dumps(field.default)
 
 
 def _kind_text(field: Field) -> str:
     if field.kind is Kind.CHOICE:
         return "one of " + ", ".join(f"`{c}`" for c in field.choices)
-    return field.kind.value
+    return str(field.kind.value)
 
 
 def render_markdown() -> str:

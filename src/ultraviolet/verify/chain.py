@@ -185,10 +185,14 @@ def _check_esp(
     yield from _check_ukis(volume, trusted, slots)
 
 
-def _check_bootloader(volume: FatVolume, trusted: Sequence[x509.Certificate]) -> Iterator[CheckResult]:
+def _check_bootloader(
+    volume: FatVolume, trusted: Sequence[x509.Certificate]
+) -> Iterator[CheckResult]:
     present = [p for p in BOOTLOADER_PATHS if volume.exists(p)]
     if not present:
-        yield failed("boot.loader", "no systemd-boot in the ESP (" + ", ".join(BOOTLOADER_PATHS) + ")")
+        yield failed(
+            "boot.loader", "no systemd-boot in the ESP (" + ", ".join(BOOTLOADER_PATHS) + ")"
+        )
         return
     yield passed("boot.loader", "systemd-boot present", ", ".join(present))
     for path in present:
@@ -203,7 +207,9 @@ def _signature_result(
     except FormatError as exc:
         return failed(check_id, str(exc), subject, offset=exc.offset)
     if check.ok:
-        return passed(check_id, "Authenticode signature verifies", subject, digest=check.digest.hex())
+        return passed(
+            check_id, "Authenticode signature verifies", subject, digest=check.digest.hex()
+        )
     return failed(check_id, check.reason, subject)
 
 
@@ -213,7 +219,11 @@ def _check_ukis(
     if not volume.exists(UKI_DIRECTORY):
         yield failed("uki.present", f"no {UKI_DIRECTORY} directory in the ESP")
         return
-    names = [e.name for e in volume.listdir(UKI_DIRECTORY) if not e.is_dir and e.name.lower().endswith(".efi")]
+    names = [
+        e.name
+        for e in volume.listdir(UKI_DIRECTORY)
+        if not e.is_dir and e.name.lower().endswith(".efi")
+    ]
     if not names:
         yield failed("uki.present", f"no UKI in {UKI_DIRECTORY}")
         return

@@ -23,7 +23,5 @@ def load_certificates(paths: Iterable[Path]) -> tuple[x509.Certificate, ...]:
             else:
                 certificates.append(x509.load_der_x509_certificate(data))
         except ValueError as exc:
-            raise VerificationError(
-                f"{path}: not a PEM or DER X.509 certificate ({exc})"
-            ) from exc
+            raise VerificationError(f"{path}: not a PEM or DER X.509 certificate ({exc})") from exc
     return tuple(certificates)
