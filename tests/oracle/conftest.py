@@ -26,7 +26,10 @@ REPART_DEFINITIONS = {
         "[Partition]\nType=usr-verity-sig\nVerity=signature\nVerityMatchKey=usr\n"
         "Label=fixture_1.2.3\n"
     ),
-    "20-home.conf": "[Partition]\nType=home\nSizeMinBytes=8M\nSizeMaxBytes=8M\nNoAuto=yes\nGrowFileSystem=yes\n",
+    "20-home.conf": (
+        "[Partition]\nType=home\nSizeMinBytes=8M\nSizeMaxBytes=8M\nNoAuto=yes\n"
+        "GrowFileSystem=yes\n"
+    ),
 }
 
 
