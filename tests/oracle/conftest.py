@@ -27,8 +27,7 @@ REPART_DEFINITIONS = {
         "Label=fixture_1.2.3\n"
     ),
     "20-home.conf": (
-        "[Partition]\nType=home\nSizeMinBytes=8M\nSizeMaxBytes=8M\nNoAuto=yes\n"
-        "GrowFileSystem=yes\n"
+        "[Partition]\nType=home\nSizeMinBytes=8M\nSizeMaxBytes=8M\nNoAuto=yes\nGrowFileSystem=yes\n"
     ),
 }
 

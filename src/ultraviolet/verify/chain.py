@@ -21,7 +21,7 @@ from ultraviolet.formats.gpt import GptPartition, root_hash_partition_uuids
 from ultraviolet.formats.uki import parse_uki
 from ultraviolet.formats.verity import verify_hash_device
 from ultraviolet.formats.veritysig import parse_verity_sig, verify_verity_sig
-from ultraviolet.verify.diskimage import DiskImage, open_disk_image
+from ultraviolet.verify.diskimage import HASH_WORKERS, DiskImage, open_disk_image
 from ultraviolet.verify.report import (
     CheckResult,
     Report,
@@ -153,7 +153,10 @@ def _check_tree(
 ) -> CheckResult:
     try:
         result = verify_hash_device(
-            image.partition_bytes(data), image.partition_bytes(verity), root_hash
+            image.partition_bytes(data),
+            image.partition_bytes(verity),
+            root_hash,
+            workers=HASH_WORKERS,
         )
     except FormatError as exc:
         return failed("verity.tree", str(exc), subject, offset=exc.offset)

@@ -15,6 +15,9 @@ from pathlib import Path
 from ultraviolet.errors import VerificationError
 from ultraviolet.formats.gpt import GptPartition, GptTable, parse_gpt
 
+# Threads for hashing (hashlib releases the GIL on large buffers).
+HASH_WORKERS = os.cpu_count() or 1
+
 
 @dataclass(frozen=True)
 class DiskImage:
@@ -46,7 +49,10 @@ def map_file(path: Path) -> Iterator[memoryview]:
         size = os.fstat(fd).st_size
         if size == 0:
             raise VerificationError(f"{path} is empty")
-        mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        # MAP_POPULATE faults the whole file in at once: hashing a lazily faulted mapping from
+        # several threads spends more time in page faults than in SHA-256.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapping = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
     view = memoryview(mapping)

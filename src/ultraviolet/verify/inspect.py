@@ -21,7 +21,7 @@ from ultraviolet.formats.uki import parse_uki
 from ultraviolet.formats.verity import VeritySuperblock, verify_hash_device
 from ultraviolet.formats.veritysig import parse_verity_sig, verify_verity_sig
 from ultraviolet.verify.chain import BOOTLOADER_PATHS, UKI_DIRECTORY
-from ultraviolet.verify.diskimage import DiskImage, open_disk_image
+from ultraviolet.verify.diskimage import HASH_WORKERS, DiskImage, open_disk_image
 
 OS_RELEASE_KEYS = ("ID", "VERSION_ID", "PRETTY_NAME", "IMAGE_ID", "IMAGE_VERSION")
 
@@ -130,7 +130,10 @@ def _data_matches(image: DiskImage, verity: GptPartition, root_hash: bytes | Non
         return None
     try:
         check = verify_hash_device(
-            image.partition_bytes(data[0]), image.partition_bytes(verity), root_hash
+            image.partition_bytes(data[0]),
+            image.partition_bytes(verity),
+            root_hash,
+            workers=HASH_WORKERS,
         )
     except FormatError as exc:
         return str(exc)
