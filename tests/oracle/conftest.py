@@ -10,24 +10,66 @@ from typing import Any
 import pytest
 
 from ultraviolet.build.keys import KeyPair, generate_signing_key, write_key_pair
+from ultraviolet.formats.unitfile import render_unit, unit
 from ultraviolet.tools import ToolsChroot
 
+LABEL = "fixture_1.2.3"
+# Rendered with our unitfile module, so that systemd-repart itself checks what we write.
 REPART_DEFINITIONS = {
-    "00-esp.conf": "[Partition]\nType=esp\nFormat=vfat\nSizeMinBytes=64M\nSizeMaxBytes=64M\n",
-    "10-usr.conf": (
-        "[Partition]\nType=usr\nFormat=erofs\nCopyFiles=/src:/\nVerity=data\n"
-        "VerityMatchKey=usr\nLabel=fixture_1.2.3\nMinimize=best\n"
+    "00-esp.conf": unit(
+        (
+            "Partition",
+            [("Type", "esp"), ("Format", "vfat"), ("SizeMinBytes", "64M"), ("SizeMaxBytes", "64M")],
+        )
     ),
-    "11-usr-verity.conf": (
-        "[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=usr\n"
-        "Label=fixture_1.2.3\nMinimize=best\n"
+    "10-usr.conf": unit(
+        (
+            "Partition",
+            [
+                ("Type", "usr"),
+                ("Format", "erofs"),
+                ("CopyFiles", "/src:/"),
+                ("Verity", "data"),
+                ("VerityMatchKey", "usr"),
+                ("Label", LABEL),
+                ("Minimize", "best"),
+            ],
+        )
     ),
-    "12-usr-verity-sig.conf": (
-        "[Partition]\nType=usr-verity-sig\nVerity=signature\nVerityMatchKey=usr\n"
-        "Label=fixture_1.2.3\n"
+    "11-usr-verity.conf": unit(
+        (
+            "Partition",
+            [
+                ("Type", "usr-verity"),
+                ("Verity", "hash"),
+                ("VerityMatchKey", "usr"),
+                ("Label", LABEL),
+                ("Minimize", "best"),
+            ],
+        )
     ),
-    "20-home.conf": (
-        "[Partition]\nType=home\nSizeMinBytes=8M\nSizeMaxBytes=8M\nNoAuto=yes\nGrowFileSystem=yes\n"
+    "12-usr-verity-sig.conf": unit(
+        (
+            "Partition",
+            [
+                ("Type", "usr-verity-sig"),
+                ("Verity", "signature"),
+                ("VerityMatchKey", "usr"),
+                ("Label", LABEL),
+            ],
+        )
+    ),
+    "20-home.conf": unit(
+        (
+            "Partition",
+            [
+                ("Type", "home"),
+                ("SizeMinBytes", "8M"),
+                ("SizeMaxBytes", "8M"),
+                ("NoAuto", "yes"),
+                ("GrowFileSystem", "yes"),
+            ],
+        )
     ),
 }
 
@@ -59,8 +101,8 @@ def repart_image(
     work = tmp_path_factory.mktemp("repart")
     definitions = work / "repart.d"
     definitions.mkdir()
-    for name, text in REPART_DEFINITIONS.items():
-        (definitions / name).write_text(text)
+    for name, definition in REPART_DEFINITIONS.items():
+        (definitions / name).write_text(render_unit(definition))
     source = work / "src"
     (source / "lib" / "fixture").mkdir(parents=True)
     for index in range(40):
