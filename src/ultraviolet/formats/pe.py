@@ -145,9 +145,19 @@ def _sections(reader: Reader, table: int, count: int) -> tuple[PeSection, ...]:
     return tuple(sections)
 
 
+MAX_ZERO_FILL = 16 << 20  # more implicit zeros than this in a section is not a UKI we load
+
+
 def section_data(image: Bytes, section: PeSection) -> bytes:
     """VirtualSize bytes: the raw data, zero-padded when VirtualSize > SizeOfRawData."""
     stored = min(section.virtual_size, section.size_of_raw_data)
+    if section.virtual_size - stored > MAX_ZERO_FILL:
+        raise PeError(
+            "PE section",
+            f"{section.name}: VirtualSize {section.virtual_size} is "
+            f"far beyond its {section.size_of_raw_data} bytes of data",
+            section.header_offset + 8,
+        )
     start = section.pointer_to_raw_data
     data = bytes(memoryview(image)[start : start + stored])
     return data + bytes(section.virtual_size - stored)

@@ -144,13 +144,13 @@ def cmdline_value(cmdline: str, key: str) -> str | None:
 def parse_uki(image: Bytes) -> Uki:
     try:
         pe = parse_pe(image)
+        sections = tuple(
+            UkiSection(s.name, section_data(image, s), s.pointer_to_raw_data, s.virtual_address)
+            for s in pe.sections
+            if s.name in UKI_SECTIONS
+        )
     except PeError as exc:
         raise UkiError("UKI " + exc.structure, exc.detail, exc.offset) from exc
-    sections = tuple(
-        UkiSection(s.name, section_data(image, s), s.pointer_to_raw_data, s.virtual_address)
-        for s in pe.sections
-        if s.name in UKI_SECTIONS
-    )
     if not any(s.name == ".linux" for s in sections):
         raise UkiError("UKI", "no .linux section: not a unified kernel image", pe.coff_offset)
     base: dict[str, UkiSection] = {}
