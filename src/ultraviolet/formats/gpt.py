@@ -530,8 +530,13 @@ def build_gpt(
     disk_guid: uuid.UUID,
     sector_size: int = 512,
     entry_count: int = DEFAULT_ENTRY_COUNT,
+    first_usable_lba: int | None = None,
 ) -> GptLayout:
-    """A new GPT for a disk of `disk_size` bytes holding `partitions` in slots 1, 2, ..."""
+    """A new GPT for a disk of `disk_size` bytes holding `partitions` in slots 1, 2, ...
+
+    `first_usable_lba` defaults to right after the entries; partitioners such as sfdisk and
+    systemd-repart put it at 1 MiB (LBA 2048) for alignment.
+    """
     if sector_size not in (512, 4096) or disk_size % sector_size:
         raise GptError("new GPT", f"disk size {disk_size} is not a multiple of {sector_size}")
     if not len(partitions) <= entry_count <= MAX_ENTRIES_BYTES // ENTRY_SIZE:
@@ -539,6 +544,10 @@ def build_gpt(
     entries_sectors = -(-entry_count * ENTRY_SIZE // sector_size)
     last_lba = disk_size // sector_size - 1
     first_usable, last_usable = 2 + entries_sectors, last_lba - 1 - entries_sectors
+    if first_usable_lba is not None:
+        if first_usable_lba < first_usable:
+            raise GptError("new GPT", f"first usable LBA {first_usable_lba} overlaps the entries")
+        first_usable = first_usable_lba
     if last_usable < first_usable:
         raise GptError("new GPT", f"a disk of {disk_size} bytes has no room for partitions")
     _validate_new(partitions, first_usable, last_usable)
