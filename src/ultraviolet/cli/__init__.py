@@ -16,7 +16,15 @@ from ultraviolet import __version__
 from ultraviolet.errors import UltravioletError
 
 # Modules under ultraviolet.cli that each add one command (or command group).
-COMMAND_MODULES: tuple[str, ...] = ("demo", "inspect", "verify", "verity", "policy", "tools")
+COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
+    "inspect",
+    "verify",
+    "verity",
+    "pcr",
+    "policy",
+    "tools",
+)
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
