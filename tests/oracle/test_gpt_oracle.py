@@ -136,3 +136,22 @@ def test_our_writer_reproduces_repart_table_byte_for_byte(
 
     assert mounts(ours) == mounts(repart_image.image)
     assert ("usr", str(partitions[1].uuid), "signed") in mounts(ours)
+
+
+def test_uvctl_inspect_agrees_with_repart(
+    repart_image: RepartImage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ultraviolet.cli import main
+
+    assert main(["inspect", "--json", str(repart_image.image)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    ours = {p["uuid"]: p for p in info["partitions"]}
+    for entry in repart_image.report:
+        partition = ours[entry["uuid"]]
+        assert (partition["type"], partition["architecture"]) == _split(entry["type"])
+        assert (partition["start"], partition["size"]) == (entry["offset"], entry["raw_size"])
+        assert partition["label"] == entry["label"]
+    usr = next(e for e in repart_image.report if e["type"] == "usr-x86-64")
+    (verity,) = info["verity"]
+    assert verity["root_hash"] == usr["roothash"]
+    assert verity["data_matches_tree"] is True
