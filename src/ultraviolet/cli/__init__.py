@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "verity",
     "pcr",
     "policy",
+    "keys",
     "tools",
 )
 
