@@ -1,0 +1,144 @@
+"""repart.d (first boot) and sysupdate.d (A/B updates) definitions derived from a node policy.
+
+The image ships with the ESP and usr slot A (usr, usr-verity, usr-verity-sig). On first boot
+systemd-repart matches those by type, in order, then creates the empty B slots (Label=_empty,
+which systemd-sysupdate fills), the TPM2-bound LUKS root and the optional home and swap; root,
+home and swap carry FactoryReset=yes. sysupdate.d transfers install a release's split
+partitions into the B slots and its UKI into the ESP with boot counting.
+"""
+
+from __future__ import annotations
+
+from ultraviolet.formats.unitfile import UnitFile, unit
+from ultraviolet.policy.model import NodePolicy
+
+EMPTY_LABEL = "_empty"  # what systemd-sysupdate looks for in an unused slot
+VERITY_SIG_SIZE = 16 * 1024
+ESP_SIZE = 1024 * 1024 * 1024  # room for the UKIs of two versions (~140 MiB each) and more
+
+
+def verity_slot_size(usr_size: int) -> int:
+    """Room for the hash tree of `usr_size` bytes (sha256, 4 KiB blocks: ~1/127 + levels),
+    rounded up to 1 MiB with a 1 MiB margin."""
+    mib = 1 << 20
+    tree = usr_size // 127 + 4096 * 8
+    return (tree // mib + 2) * mib
+
+
+def _slot(kind: str, label: str, size: int, extra: list[tuple[str, str]]) -> UnitFile:
+    return unit(
+        (
+            "Partition",
+            [
+                ("Type", kind),
+                ("Label", label),
+                ("SizeMinBytes", str(size)),
+                ("SizeMaxBytes", str(size)),
+                *extra,
+            ],
+        )
+    )
+
+
+def first_boot_repart(policy: NodePolicy) -> dict[str, UnitFile]:
+    """/usr/lib/repart.d of the image: file name -> definition."""
+    usr = policy.storage.usr_slot_size
+    verity = verity_slot_size(usr)
+    read_only = [("ReadOnly", "yes")]
+    definitions = {
+        "00-esp.conf": unit(("Partition", [("Type", "esp")])),
+        # Slot A exists already; without a small minimum repart would want to grow a minimized
+        # erofs to its 10 MiB default minimum and refuse for lack of room.
+        "10-usr-a.conf": unit(("Partition", [("Type", "usr"), ("SizeMinBytes", "4096")])),
+        "11-usr-verity-a.conf": unit(
+            ("Partition", [("Type", "usr-verity"), ("SizeMinBytes", "4096")])
+        ),
+        "12-usr-verity-sig-a.conf": unit(("Partition", [("Type", "usr-verity-sig")])),
+        "20-usr-b.conf": _slot("usr", EMPTY_LABEL, usr, read_only),
+        "21-usr-verity-b.conf": _slot("usr-verity", EMPTY_LABEL, verity, read_only),
+        "22-usr-verity-sig-b.conf": _slot(
+            "usr-verity-sig", EMPTY_LABEL, VERITY_SIG_SIZE, read_only
+        ),
+    }
+    root = [
+        ("Type", "root"),
+        ("Format", policy.storage.root_filesystem),
+        ("SizeMinBytes", str(policy.storage.root_min_size)),
+    ]
+    if policy.storage.root_encryption == "tpm2":
+        root.append(("Encrypt", "tpm2"))
+    if policy.storage.factory_reset:
+        root.append(("FactoryReset", "yes"))
+    definitions["50-root.conf"] = unit(("Partition", root))
+    if policy.storage.home:
+        home = [("Type", "home"), ("Format", policy.storage.root_filesystem)]
+        if policy.storage.root_encryption == "tpm2":
+            home.append(("Encrypt", "tpm2"))
+        if policy.storage.factory_reset:
+            home.append(("FactoryReset", "yes"))
+        definitions["60-home.conf"] = unit(("Partition", home))
+    if policy.storage.swap_size:
+        swap = [
+            ("Type", "swap"),
+            ("Format", "swap"),
+            ("SizeMinBytes", str(policy.storage.swap_size)),
+            ("SizeMaxBytes", str(policy.storage.swap_size)),
+        ]
+        if policy.storage.factory_reset:
+            swap.append(("FactoryReset", "yes"))
+        definitions["70-swap.conf"] = unit(("Partition", swap))
+    return definitions
+
+
+def _source(policy: NodePolicy, pattern: str) -> tuple[str, list[tuple[str, str]]]:
+    source = policy.update.source
+    kind = "url-file" if source.startswith(("http://", "https://")) else "regular-file"
+    return ("Source", [("Type", kind), ("Path", source), ("MatchPattern", pattern)])
+
+
+def sysupdate_transfers(policy: NodePolicy) -> dict[str, UnitFile]:
+    """/usr/lib/sysupdate.d of the image: file name -> transfer."""
+    name = policy.image.name
+    transfer = (
+        "Transfer",
+        [
+            ("ProtectVersion", "%A"),
+            ("Verify", "yes" if policy.update.verify_manifest else "no"),
+        ],
+    )
+    instances = ("InstancesMax", str(policy.update.instances_max))
+    partitions = {
+        "50-usr.transfer": ("usr", f"{name}_@v.usr.raw"),
+        "51-usr-verity.transfer": ("usr-verity", f"{name}_@v.usr-verity.raw"),
+        "52-usr-verity-sig.transfer": ("usr-verity-sig", f"{name}_@v.usr-verity-sig.raw"),
+    }
+    transfers = {}
+    for filename, (kind, pattern) in partitions.items():
+        target = (
+            "Target",
+            [
+                ("Type", "partition"),
+                ("Path", "auto"),
+                ("MatchPattern", f"{name}_@v"),
+                ("MatchPartitionType", kind),
+                ("PartitionFlags", "0"),
+                ("ReadOnly", "1"),
+                instances,
+            ],
+        )
+        transfers[filename] = unit(transfer, _source(policy, pattern), target)
+    uki_target = (
+        "Target",
+        [
+            ("Type", "regular-file"),
+            ("Path", "/EFI/Linux"),
+            ("PathRelativeTo", "boot"),
+            ("MatchPattern", f"{name}_@v+@l-@d.efi {name}_@v+@l.efi {name}_@v.efi"),
+            ("Mode", "0444"),
+            ("TriesLeft", str(policy.boot.tries)),
+            ("TriesDone", "0"),
+            instances,
+        ],
+    )
+    transfers["60-uki.transfer"] = unit(transfer, _source(policy, f"{name}_@v.efi"), uki_target)
+    return transfers
