@@ -14,6 +14,7 @@ LAYER = {
     "formats": 1,
     "policy": 2,
     "tools": 2,
+    "diskimage": 2,  # read-only mapping of image files, used by build and verify
     "build": 3,
     "verify": 3,
     "node": 3,

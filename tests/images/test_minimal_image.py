@@ -16,9 +16,9 @@ import pytest
 from ultraviolet.build.keys import generate_signing_key
 from ultraviolet.build.mkosi import MkosiOutputs, build_cached, embedded_tree
 from ultraviolet.cli import main
+from ultraviolet.diskimage import open_disk_image
 from ultraviolet.tools import ToolsChroot
 from ultraviolet.verify.chain import verify_image
-from ultraviolet.verify.diskimage import open_disk_image
 from ultraviolet.verify.trust import load_certificates
 
 pytestmark = pytest.mark.build

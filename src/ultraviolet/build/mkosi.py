@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ultraviolet.build.keys import KeyPair, generate_signing_key, load_key_pair, write_key_pair
+from ultraviolet.build.keys import generate_signing_key, load_key_pair, write_key_pair
 from ultraviolet.errors import BuildError
 from ultraviolet.tools import ToolsChroot, cache_dir, tools
 
@@ -76,17 +76,15 @@ def _is_split_partition(path: Path) -> bool:
 def run_mkosi(
     tree: Path,
     output_dir: Path,
-    keys: KeyPair,
+    key_path: Path,
+    certificate_path: Path,
     *,
     chroot: ToolsChroot | None = None,
     progress: Progress | None = None,
 ) -> MkosiOutputs:
-    """Build `tree` with mkosi into `output_dir`, signing with `keys` (Secure Boot and verity)."""
+    """Build `tree` with mkosi into `output_dir`, signing with the key (Secure Boot + verity)."""
     chroot = chroot or tools()
     output_dir.mkdir(parents=True, exist_ok=True)
-    key_dir = output_dir / "keys"
-    key_path, cert_path = key_dir / "signing.key", key_dir / "signing.crt"
-    write_key_pair(keys, key_path, cert_path)
     workspace = output_dir / ".workspace"
     workspace.mkdir(exist_ok=True)
     package_cache = cache_dir() / "mkosi-packages"
@@ -100,20 +98,20 @@ def run_mkosi(
         f"--workspace-directory={workspace}",
         f"--package-cache-dir={package_cache}",
         f"--secure-boot-key={key_path}",
-        f"--secure-boot-certificate={cert_path}",
+        f"--secure-boot-certificate={certificate_path}",
         f"--verity-key={key_path}",
-        f"--verity-certificate={cert_path}",
+        f"--verity-certificate={certificate_path}",
         "build",
     ]
     chroot.run(
         argv,
-        binds=[tree, output_dir, package_cache],
+        binds=[tree, output_dir, package_cache, key_path.parent],
         cwd=tree,
         stream=progress,
         timeout=BUILD_TIMEOUT_S,
     )
     shutil.rmtree(workspace, ignore_errors=True)
-    return _find_outputs(output_dir, key_path, cert_path)
+    return _find_outputs(output_dir, key_path, certificate_path)
 
 
 def build_cached(
@@ -132,6 +130,7 @@ def build_cached(
         return _find_outputs(directory, key_path, cert_path)
     shutil.rmtree(directory, ignore_errors=True)
     keys = generate_signing_key(f"Ultraviolet {tree.name} signing key")
-    outputs = run_mkosi(tree, directory, keys, progress=progress)
+    write_key_pair(keys, key_path, cert_path)
+    outputs = run_mkosi(tree, directory, key_path, cert_path, progress=progress)
     done.write_text("ok\n")
     return outputs

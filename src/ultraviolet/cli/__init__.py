@@ -18,6 +18,7 @@ from ultraviolet.errors import UltravioletError
 # Modules under ultraviolet.cli that each add one command (or command group).
 COMMAND_MODULES: tuple[str, ...] = (
     "demo",
+    "build",
     "inspect",
     "verify",
     "verity",

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ultraviolet.diskimage import map_file
 from ultraviolet.formats.pcr import BANKS, predict_pcr11
 from ultraviolet.formats.uki import parse_uki
-from ultraviolet.verify.diskimage import map_file
 
 
 def register(subparsers: Any) -> None:

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ultraviolet.diskimage import HASH_WORKERS, map_file
 from ultraviolet.errors import VerificationError
 from ultraviolet.formats.verity import (
     VerityParams,
@@ -15,7 +16,6 @@ from ultraviolet.formats.verity import (
     format_hash_device,
     verify_hash_device,
 )
-from ultraviolet.verify.diskimage import HASH_WORKERS, map_file
 
 
 def register(subparsers: Any) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from ultraviolet.diskimage import HASH_WORKERS, DiskImage, open_disk_image
 from ultraviolet.errors import FormatError
 from ultraviolet.formats.authenticode import verify_authenticode
 from ultraviolet.formats.fat import FatVolume
@@ -21,7 +22,6 @@ from ultraviolet.formats.gpt import GptPartition, root_hash_partition_uuids
 from ultraviolet.formats.uki import parse_uki
 from ultraviolet.formats.verity import verify_hash_device
 from ultraviolet.formats.veritysig import parse_verity_sig, verify_verity_sig
-from ultraviolet.verify.diskimage import HASH_WORKERS, DiskImage, open_disk_image
 from ultraviolet.verify.report import (
     CheckResult,
     Report,

@@ -13,6 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ultraviolet.diskimage import HASH_WORKERS, DiskImage, open_disk_image
 from ultraviolet.errors import FormatError
 from ultraviolet.formats.bls import BootEntryName
 from ultraviolet.formats.fat import FatVolume
@@ -21,7 +22,6 @@ from ultraviolet.formats.uki import parse_uki
 from ultraviolet.formats.verity import VeritySuperblock, verify_hash_device
 from ultraviolet.formats.veritysig import parse_verity_sig, verify_verity_sig
 from ultraviolet.verify.chain import BOOTLOADER_PATHS, UKI_DIRECTORY
-from ultraviolet.verify.diskimage import HASH_WORKERS, DiskImage, open_disk_image
 
 OS_RELEASE_KEYS = ("ID", "VERSION_ID", "PRETTY_NAME", "IMAGE_ID", "IMAGE_VERSION")
 

@@ -1,4 +1,4 @@
-"""Read-only access to a disk image file: an mmap, its GPT, partition views, the ESP.
+"""Read-only access to image files (below build and verify): an mmap, its GPT, partition views.
 
 Works on a plain file as an unprivileged user: no loop devices, no mounting.
 """

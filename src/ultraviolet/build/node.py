@@ -1,0 +1,70 @@
+"""Building a node image from a node policy: render, sign the IPE policy, run mkosi, release.
+
+OUT/tree/       the rendered mkosi tree (inspectable, reproducible from the policy)
+OUT/mkosi/      mkosi's outputs
+OUT/release/    what is published (see release.py)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ultraviolet.build.keyset import KeySet
+from ultraviolet.build.mkosi import run_mkosi
+from ultraviolet.build.release import (
+    collect_release,
+    reference_values,
+    write_manifest,
+    write_reference,
+)
+from ultraviolet.build.render import IPE_DIRECTORY, render_tree
+from ultraviolet.formats.ipe import sign_ipe
+from ultraviolet.policy.model import NodePolicy
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    release: Path
+    image: Path
+    uki: Path
+    reference: Path
+
+
+def _sign_ipe(text: str, keys: KeySet, extra: Path) -> bytes:
+    signer = keys.signer("ipe")
+    signed = sign_ipe(text, signer.pair.key, signer.pair.certificate)
+    (extra / IPE_DIRECTORY / "policy.p7s").write_bytes(signed)
+    return signed
+
+
+def build_node(
+    policy: NodePolicy, output: Path, keys: KeySet, *, progress: Progress | None = None
+) -> BuildResult:
+    say = progress or (lambda line: None)
+    say(f"rendering the mkosi tree for {policy.image.name} {policy.image.version}")
+    rendered = render_tree(policy, output / "tree")
+    ipe_signed = None
+    if rendered.ipe_policy:
+        ipe_signed = _sign_ipe(rendered.ipe_policy, keys, rendered.directory / "mkosi.extra")
+    say("running mkosi (packages, /usr, verity, UKI, signatures)")
+    key_path, certificate_path = keys.signer("db").tool_arguments()
+    outputs = run_mkosi(
+        rendered.directory,
+        output / "mkosi",
+        Path(key_path),
+        Path(certificate_path),
+        progress=progress,
+    )
+    stem = f"{policy.image.name}_{policy.image.version}"
+    release = output / "release"
+    files = collect_release(outputs, stem, release)
+    write_manifest(release, files, keys)
+    image = release / outputs.image.name
+    uki = release / outputs.uki.name  # type: ignore[union-attr]  # collect_release checked it
+    reference = write_reference(release, reference_values(policy, image, uki, keys, ipe_signed))
+    say(f"release written to {release}")
+    return BuildResult(release, image, uki, reference)

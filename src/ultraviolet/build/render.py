@@ -1,0 +1,187 @@
+"""Render the mkosi tree of a node policy: mkosi.conf, mkosi.repart/ (the build-time layout),
+and an extra tree with the image's own repart.d, sysupdate.d and IPE policy."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ultraviolet.build.definitions import first_boot_repart, sysupdate_transfers
+from ultraviolet.build.ipe import build_ipe_policy
+from ultraviolet.build.mkosi import embedded_tree
+from ultraviolet.errors import BuildError
+from ultraviolet.formats.ipe import render_ipe
+from ultraviolet.formats.unitfile import UnitFile, render_unit, unit
+from ultraviolet.policy.model import NodePolicy
+
+BASE_PACKAGES = (
+    "linux-image-amd64",
+    "systemd",
+    "systemd-boot-efi",
+    "udev",
+    "dbus",
+    "systemd-repart",
+    "systemd-sysv",
+    "cryptsetup",
+    "tpm2-tools",
+    "e2fsprogs",
+    "btrfs-progs",
+)
+RUNTIME_PACKAGES = {"containerd": ("containerd", "runc"), "none": ()}
+BASE_CMDLINE = ("console=ttyS0", "systemd.firstboot=no")
+ESP_BYTES = 512 * 1024 * 1024
+IPE_DIRECTORY = "usr/lib/ultraviolet/ipe"
+
+
+@dataclass(frozen=True)
+class RenderedTree:
+    directory: Path
+    ipe_policy: str | None  # the policy text, signed at build time
+
+
+def _packages(policy: NodePolicy) -> list[str]:
+    wanted = [
+        *BASE_PACKAGES,
+        *RUNTIME_PACKAGES[policy.workloads.container_runtime],
+        *policy.image.packages,
+    ]
+    return list(dict.fromkeys(wanted))
+
+
+def mkosi_conf(policy: NodePolicy) -> UnitFile:
+    image = policy.image
+    content = [
+        ("Bootable", "yes"),
+        ("Bootloader", "systemd-boot"),
+        ("UnifiedKernelImages", "yes"),
+        ("WithDocs", "no"),
+        ("Hostname", policy.hostname),
+    ]
+    content += [("Packages", package) for package in _packages(policy)]
+    content.append(("KernelCommandLine", " ".join((*BASE_CMDLINE, *policy.boot.cmdline))))
+    validation = [("SecureBoot", "yes" if policy.boot.secure_boot else "no"), ("Verity", "yes")]
+    if policy.boot.secure_boot_auto_enroll:
+        validation.append(("SecureBootAutoEnroll", "yes"))
+    return unit(
+        (
+            "Distribution",
+            [
+                ("Distribution", image.distribution),
+                ("Release", image.release),
+                ("Architecture", image.architecture),
+            ],
+        ),
+        (
+            "Output",
+            [
+                ("Format", "disk"),
+                ("ImageId", image.name),
+                ("ImageVersion", image.version),
+                ("SectorSize", "512"),
+                ("SplitArtifacts", "uki,partitions"),
+            ],
+        ),
+        ("Content", content),
+        ("Validation", validation),
+    )
+
+
+def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
+    """mkosi.repart/: ESP and usr slot A, labelled NAME_VERSION so that sysupdate can match."""
+    label = f"{policy.image.name}_{policy.image.version}"
+    verity = [("VerityMatchKey", "usr"), ("Label", label)]
+    return {
+        "00-esp.conf": unit(
+            (
+                "Partition",
+                [
+                    ("Type", "esp"),
+                    ("Format", "vfat"),
+                    ("CopyFiles", "/boot:/"),
+                    ("CopyFiles", "/efi:/"),
+                    ("SizeMinBytes", str(ESP_BYTES)),
+                    ("SizeMaxBytes", str(ESP_BYTES)),
+                ],
+            )
+        ),
+        "10-usr.conf": unit(
+            (
+                "Partition",
+                [
+                    ("Type", "usr"),
+                    ("Format", "erofs"),
+                    ("CopyFiles", "/usr:/"),
+                    ("Verity", "data"),
+                    *verity,
+                    ("Minimize", "best"),
+                    ("SplitName", "usr"),
+                ],
+            )
+        ),
+        "11-usr-verity.conf": unit(
+            (
+                "Partition",
+                [
+                    ("Type", "usr-verity"),
+                    ("Verity", "hash"),
+                    *verity,
+                    ("Minimize", "best"),
+                    ("SplitName", "usr-verity"),
+                ],
+            )
+        ),
+        "12-usr-verity-sig.conf": unit(
+            (
+                "Partition",
+                [
+                    ("Type", "usr-verity-sig"),
+                    ("Verity", "signature"),
+                    *verity,
+                    ("SplitName", "usr-verity-sig"),
+                ],
+            )
+        ),
+    }
+
+
+def _write_units(directory: Path, units: dict[str, UnitFile]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, definition in units.items():
+        (directory / name).write_text(render_unit(definition))
+
+
+def render_tree(policy: NodePolicy, directory: Path) -> RenderedTree:
+    """Write the complete mkosi tree for `policy` into `directory` (replacing it)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / "mkosi.conf").write_text(render_unit(mkosi_conf(policy)))
+    _write_units(directory / "mkosi.repart", build_repart(policy))
+    extra = directory / "mkosi.extra"
+    _write_units(extra / "usr/lib/repart.d", first_boot_repart(policy))
+    if policy.update.source:
+        _write_units(extra / "usr/lib/sysupdate.d", sysupdate_transfers(policy))
+    ipe = build_ipe_policy(policy)
+    ipe_text = render_ipe(ipe) if ipe else None
+    if ipe_text:
+        (extra / IPE_DIRECTORY).mkdir(parents=True)
+        (extra / IPE_DIRECTORY / "policy.txt").write_text(ipe_text)
+        (extra / IPE_DIRECTORY / "mode").write_text(policy.integrity.ipe_mode + "\n")
+    _copy_sandbox(directory)
+    _copy_extra_tree(policy, extra)
+    return RenderedTree(directory, ipe_text)
+
+
+def _copy_sandbox(directory: Path) -> None:
+    # The package sources that work with this mirror (see the embedded minimal tree).
+    shutil.copytree(embedded_tree() / "mkosi.sandbox", directory / "mkosi.sandbox")
+
+
+def _copy_extra_tree(policy: NodePolicy, extra: Path) -> None:
+    if not policy.image.extra_tree:
+        return
+    source = Path(policy.source).parent / policy.image.extra_tree
+    if not source.is_dir():
+        raise BuildError(f"image.extra_tree: {source} is not a directory")
+    shutil.copytree(source, extra, dirs_exist_ok=True)
