@@ -1,0 +1,64 @@
+"""The mkosi tree rendered from a node policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ultraviolet.build.render import build_repart, mkosi_conf, render_tree
+from ultraviolet.errors import BuildError
+from ultraviolet.formats.ipe import parse_ipe
+from ultraviolet.formats.unitfile import parse_unit
+from ultraviolet.policy import load_policy, parse_policy
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "container-host.toml"
+
+
+def test_example_tree(tmp_path: Path) -> None:
+    policy = load_policy(EXAMPLE)
+    rendered = render_tree(policy, tmp_path / "tree")
+    conf = parse_unit((tmp_path / "tree" / "mkosi.conf").read_text())
+    assert conf.get("Output", "ImageId") == "container-host"
+    assert conf.get("Output", "ImageVersion") == "1.0.0"
+    assert {"containerd", "runc", "linux-image-amd64"} <= set(conf.get_all("Content", "Packages"))
+    assert conf.get("Content", "KernelCommandLine") == "console=ttyS0 systemd.firstboot=no quiet"
+    extra = tmp_path / "tree" / "mkosi.extra" / "usr" / "lib"
+    assert (extra / "repart.d" / "50-root.conf").is_file()
+    assert (extra / "sysupdate.d" / "60-uki.transfer").is_file()
+    assert rendered.ipe_policy is not None
+    assert parse_ipe((extra / "ultraviolet" / "ipe" / "policy.txt").read_text()).name == (
+        "container-host"
+    )
+    sources = tmp_path / "tree" / "mkosi.sandbox" / "etc" / "apt" / "sources.list.d"
+    assert (sources / "mkosi.sources").is_file()
+
+
+def test_usr_slot_a_is_labelled_for_sysupdate() -> None:
+    policy = parse_policy('[image]\nname = "n"\nversion = "2.1"\n')
+    usr = build_repart(policy)["10-usr.conf"]
+    assert usr.get("Partition", "Label") == "n_2.1"
+    assert usr.get("Partition", "Verity") == "data"
+
+
+def test_secure_boot_and_auto_enroll() -> None:
+    policy = parse_policy(
+        '[image]\nname = "n"\nversion = "1"\n[boot]\nsecure_boot_auto_enroll = true\n'
+    )
+    assert mkosi_conf(policy).get("Validation", "SecureBootAutoEnroll") == "yes"
+
+
+def test_missing_extra_tree(tmp_path: Path) -> None:
+    node = tmp_path / "node.toml"
+    node.write_text('[image]\nname = "n"\nversion = "1"\nextra_tree = "files"\n')
+    with pytest.raises(BuildError, match="not a directory"):
+        render_tree(load_policy(node), tmp_path / "tree")
+
+
+def test_extra_tree_is_copied(tmp_path: Path) -> None:
+    node = tmp_path / "node.toml"
+    node.write_text('[image]\nname = "n"\nversion = "1"\nextra_tree = "files"\n')
+    (tmp_path / "files" / "usr" / "share").mkdir(parents=True)
+    (tmp_path / "files" / "usr" / "share" / "motd").write_text("hi")
+    render_tree(load_policy(node), tmp_path / "tree")
+    assert (tmp_path / "tree" / "mkosi.extra" / "usr" / "share" / "motd").read_text() == "hi"

@@ -1,0 +1,122 @@
+"""`uvctl build examples/container-host.toml`: a real image from the node policy.
+
+Built once per rendered-tree content (cached in the cache directory, keys included)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ultraviolet.build.keyset import KeySet, init_keys, load_keys
+from ultraviolet.build.mkosi import tree_digest
+from ultraviolet.build.node import BuildResult, build_node
+from ultraviolet.build.render import render_tree
+from ultraviolet.cli import main
+from ultraviolet.formats.pkcs7 import parse_signed_data, verify_signed_data
+from ultraviolet.policy import load_policy
+from ultraviolet.tools import ToolsChroot, cache_dir
+
+pytestmark = pytest.mark.build
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "container-host.toml"
+
+
+@pytest.fixture(scope="session")
+def example_build(
+    tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[BuildResult, KeySet]:
+    policy = load_policy(EXAMPLE)
+    probe = tmp_path_factory.mktemp("probe")
+    digest = tree_digest(render_tree(policy, probe / "tree").directory)[:16]
+    output = cache_dir() / "node-builds" / f"container-host-{digest}"
+    done = output / ".complete"
+    if not done.exists():
+        shutil.rmtree(output, ignore_errors=True)
+        init_keys(output / "keys")
+        build_node(policy, output, load_keys(output / "keys"))
+        done.write_text("ok\n")
+    keys = load_keys(output / "keys")
+    release = output / "release"
+    stem = "container-host_1.0.0"
+    return BuildResult(
+        release, release / f"{stem}.raw", release / f"{stem}.efi", release / "reference.json"
+    ), keys
+
+
+def test_release_verifies(
+    example_build: tuple[BuildResult, KeySet], capsys: pytest.CaptureFixture[str]
+) -> None:
+    result, keys = example_build
+    db = keys.signer("db").certificate_path
+    assert main(["verify", str(result.image), "--trust", str(db)]) == 0
+    assert "Verdict: PASSED" in capsys.readouterr().out
+    assert main(["inspect", "--json", str(result.image)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [p["type"] for p in info["partitions"]] == ["esp", "usr", "usr-verity", "usr-verity-sig"]
+    assert {p["label"] for p in info["partitions"][1:]} == {"container-host_1.0.0"}
+    (uki,) = info["esp"]["ukis"]
+    assert uki["usrhash"] == info["verity_signatures"][0]["root_hash"]
+
+
+def test_manifest_and_reference(example_build: tuple[BuildResult, KeySet]) -> None:
+    result, keys = example_build
+    manifest = (result.release / "SHA256SUMS").read_bytes()
+    for line in manifest.decode().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256((result.release / name).read_bytes()).hexdigest() == digest
+    signed = parse_signed_data((result.release / "SHA256SUMS.p7s").read_bytes())
+    assert verify_signed_data(
+        signed, [keys.signer("update").certificate], detached_content=manifest
+    ).ok
+    reference = json.loads(result.reference.read_text())
+    assert reference["image"] == {"name": "container-host", "version": "1.0.0"}
+    assert reference["ipe_policy_sha256"] is not None
+    assert set(reference["pcr11"]["main"]) == {
+        "enter-initrd",
+        "enter-initrd:leave-initrd",
+        "enter-initrd:leave-initrd:sysinit",
+        "enter-initrd:leave-initrd:sysinit:ready",
+    }
+
+
+@pytest.mark.oracle
+def test_reference_pcr11_equals_systemd_measure(
+    example_build: tuple[BuildResult, KeySet], tools_chroot: ToolsChroot, tmp_path: Path
+) -> None:
+    from ultraviolet.formats.uki import parse_uki
+
+    result, _ = example_build
+    uki = parse_uki(result.uki.read_bytes())
+    arguments = []
+    for section in uki.sections:
+        (tmp_path / section.name[1:]).write_bytes(section.data)
+        arguments.append(f"--{section.name[1:]}={tmp_path / section.name[1:]}")
+    measured = tools_chroot.run(
+        ["/usr/lib/systemd/systemd-measure", "calculate", "--json=short", *arguments],
+        binds=[tmp_path],
+    )
+    theirs = {e["phase"]: e["hash"] for e in json.loads(measured.text)["sha256"]}
+    assert json.loads(result.reference.read_text())["pcr11"]["main"] == theirs
+
+
+@pytest.mark.oracle
+def test_image_carries_policy_files(
+    example_build: tuple[BuildResult, KeySet], tools_chroot: ToolsChroot, tmp_path: Path
+) -> None:
+    result, keys = example_build
+    usr = result.release / "container-host_1.0.0.usr.raw"
+    out = tmp_path / "usr"
+    tools_chroot.run(["fsck.erofs", f"--extract={out}", str(usr)], binds=[tmp_path, usr.parent])
+    ipe = out / "lib" / "ultraviolet" / "ipe"
+    text = (ipe / "policy.txt").read_text()
+    assert text.startswith("policy_name=container-host policy_version=1.0.0")
+    signed = parse_signed_data((ipe / "policy.p7s").read_bytes())
+    assert signed.content == text.encode()
+    assert verify_signed_data(signed, [keys.signer("ipe").certificate]).ok
+    assert (out / "lib" / "repart.d" / "50-root.conf").is_file()
+    assert (out / "lib" / "sysupdate.d" / "60-uki.transfer").is_file()
+    assert (out / "bin" / "containerd").is_file()
