@@ -8,10 +8,14 @@ FILE_ALIGNMENT = 0x200
 SECTION_ALIGNMENT = 0x1000
 
 
-def minimal_pe(sections: list[tuple[str, bytes]], *, header_room: int = 8) -> bytes:
-    """DOS stub + PE32+ headers with room for `header_room` more sections, then the sections."""
+def minimal_pe(
+    sections: list[tuple[str, bytes]], *, header_room: int = 8, plus: bool = True
+) -> bytes:
+    """DOS stub + PE32+ (or PE32) headers with room for `header_room` more sections, then the
+    sections."""
     pe_offset = 0x80
-    optional_size = 112 + 16 * 8
+    fixed = 112 if plus else 96
+    optional_size = fixed + 16 * 8
     table = pe_offset + 4 + 20 + optional_size
     headers = -(-(table + 40 * (len(sections) + header_room)) // FILE_ALIGNMENT) * FILE_ALIGNMENT
     image = bytearray(headers)
@@ -22,11 +26,11 @@ def minimal_pe(sections: list[tuple[str, bytes]], *, header_room: int = 8) -> by
         "<HHIIIHH", image, pe_offset + 4, 0x8664, len(sections), 0, 0, 0, optional_size, 0x0022
     )
     optional = pe_offset + 24
-    struct.pack_into("<HBB", image, optional, 0x20B, 0, 0)
+    struct.pack_into("<HBB", image, optional, 0x20B if plus else 0x10B, 0, 0)
     struct.pack_into("<II", image, optional + 32, SECTION_ALIGNMENT, FILE_ALIGNMENT)
     struct.pack_into("<H", image, optional + 68, 10)  # EFI application
     struct.pack_into("<H", image, optional + 70, 0x0100)  # NX compatible
-    struct.pack_into("<I", image, optional + 108, 16)
+    struct.pack_into("<I", image, optional + fixed - 4, 16)
     address = SECTION_ALIGNMENT
     for index, (name, data) in enumerate(sections):
         raw = -(-len(data) // FILE_ALIGNMENT) * FILE_ALIGNMENT

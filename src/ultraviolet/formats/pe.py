@@ -17,6 +17,8 @@ SCN_CNT_CODE = 0x00000020
 SCN_CNT_INITIALIZED_DATA = 0x00000040
 SCN_MEM_READ = 0x40000000
 DLL_NX_COMPAT = 0x0100
+FILE_LOCAL_SYMS_STRIPPED = 0x0008
+COFF_SYMBOL_SIZE = 18
 _SECTION = struct.Struct("<8sIIIIIIHHI")
 _MAX_SECTIONS = 96  # the PE spec's loader limit
 
@@ -189,6 +191,24 @@ def _check_stub(pe: PeImage) -> None:
             )
 
 
+def _strip_symbol_table(data: bytearray) -> bytearray:
+    """Old stubs kept a COFF symbol table at the end of the file; ukify drops it, so do we."""
+    pe = parse_pe(data)
+    if not pe.pointer_to_symbol_table:
+        return data
+    end = pe.pointer_to_symbol_table + COFF_SYMBOL_SIZE * pe.number_of_symbols
+    if end + 4 <= len(data):
+        (strings,) = struct.unpack_from("<I", data, end)
+        end += strings
+    if end != len(data):
+        return data  # not at the end: leave it, as ukify does
+    del data[pe.pointer_to_symbol_table :]
+    struct.pack_into("<II", data, pe.coff_offset + 8, 0, 0)
+    flags = pe.characteristics | FILE_LOCAL_SYMS_STRIPPED
+    struct.pack_into("<H", data, pe.coff_offset + 18, flags)
+    return data
+
+
 def _linux_keeps_nx(kernel: bytes) -> bool:
     try:
         return bool(parse_pe(kernel).dll_characteristics & DLL_NX_COMPAT)
@@ -198,7 +218,7 @@ def _linux_keeps_nx(kernel: bytes) -> bool:
 
 def add_sections(stub: Bytes, sections: Sequence[tuple[str, bytes]]) -> bytes:
     """Append `sections` to a PE image as ukify does (a stub's own .sbat is replaced in place)."""
-    data = bytearray(stub)
+    data = _strip_symbol_table(bytearray(stub))
     pe = parse_pe(data)
     _check_stub(pe)
     size_of_headers = round_up(pe.size_of_headers, pe.file_alignment)

@@ -37,6 +37,9 @@ UKI_SECTIONS = frozenset(SECTION_ORDER)
 TEXT_SECTIONS = frozenset(
     {".osrel", ".cmdline", ".uname", ".sbat", ".pcrsig", ".pcrpkey", ".profile"}
 )
+# Sections that may repeat: systemd-stub takes the first one that matches the device (by .hwids
+# or the firmware's devicetree), so they are candidates rather than one section.
+DEVICE_MATCHED = frozenset({".dtbauto", ".efifw"})
 
 
 class UkiError(FormatError):
@@ -63,7 +66,9 @@ class UkiProfile:
     """Sections effective for one profile: the base, overridden by the profile's own."""
 
     number: int
-    sections: Mapping[str, UkiSection]
+    sections: Mapping[str, UkiSection]  # without the DEVICE_MATCHED ones
+    # The profile's own candidates first, then the base's: the stub's first match wins.
+    device_matched: tuple[UkiSection, ...] = ()
 
     @property
     def id(self) -> str | None:
@@ -95,8 +100,9 @@ def parse_os_release(text: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class Uki:
     sections: tuple[UkiSection, ...]  # all UKI sections in file order
-    base: Mapping[str, UkiSection]
+    base: Mapping[str, UkiSection]  # sections before the first .profile, without DEVICE_MATCHED
     profiles: tuple[UkiProfile, ...]  # empty for a single-profile UKI
+    base_device_matched: tuple[UkiSection, ...] = ()  # .dtbauto/.efifw candidates of the base
 
     def section(self, name: str) -> UkiSection | None:
         return self.base.get(name)
@@ -153,18 +159,34 @@ def parse_uki(image: Bytes) -> Uki:
         raise UkiError("UKI " + exc.structure, exc.detail, exc.offset) from exc
     if not any(s.name == ".linux" for s in sections):
         raise UkiError("UKI", "no .linux section: not a unified kernel image", pe.coff_offset)
-    base: dict[str, UkiSection] = {}
-    profiles: list[dict[str, UkiSection]] = []
+    groups = _split_profiles(sections)
+    base, base_matched = groups[0]
+    profiles = tuple(
+        UkiProfile(number, {**base, **own}, own_matched + base_matched)
+        for number, (own, own_matched) in enumerate(groups[1:])
+    )
+    return Uki(sections, base, profiles, base_matched)
+
+
+_Group = tuple[dict[str, UkiSection], tuple[UkiSection, ...]]
+
+
+def _split_profiles(sections: Sequence[UkiSection]) -> list[_Group]:
+    """The base, then one group per .profile; each as (unique sections, device-matched ones)."""
+    unique: list[dict[str, UkiSection]] = [{}]
+    matched: list[list[UkiSection]] = [[]]
     for section in sections:
         if section.name == ".profile":
-            profiles.append({})
-        target = profiles[-1] if profiles else base
-        if section.name in target:
+            unique.append({})
+            matched.append([])
+        if section.name in DEVICE_MATCHED:
+            matched[-1].append(section)
+            continue
+        # systemd-stub would silently take the first; two different answers is not a UKI we pass.
+        if section.name in unique[-1]:
             raise UkiError("UKI", f"duplicate {section.name} section", section.offset)
-        target[section.name] = section
-    return Uki(
-        sections, base, tuple(UkiProfile(i, {**base, **own}) for i, own in enumerate(profiles))
-    )
+        unique[-1][section.name] = section
+    return [(own, tuple(candidates)) for own, candidates in zip(unique, matched, strict=True)]
 
 
 def build_uki(stub: Bytes, sections: Sequence[tuple[str, bytes]]) -> bytes:
