@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import struct
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from ultraviolet.formats.authenticode import (
     indirect_data_digest,
     verify_authenticode,
 )
-from ultraviolet.formats.pe import parse_pe
+from ultraviolet.formats.pe import add_sections, parse_pe
 from ultraviolet.formats.pkcs7 import parse_signed_data
 from ultraviolet.formats.uki import build_uki, parse_uki
 from ultraviolet.tools import ToolsChroot
@@ -24,6 +25,7 @@ from ultraviolet.tools import ToolsChroot
 pytestmark = pytest.mark.oracle
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+ADDON_STUB = Path("/usr/lib/systemd/boot/efi/addonx64.efi.stub")
 
 
 @pytest.fixture
@@ -60,8 +62,81 @@ def _inspect(tools: ToolsChroot, image: Path) -> dict:  # type: ignore[type-arg]
     return json.loads(result.text)  # type: ignore[no-any-return]
 
 
-def _stub(tools: ToolsChroot) -> bytes:
-    return (tools.root / STUB.relative_to("/")).read_bytes()
+def _stub(tools: ToolsChroot, path: Path = STUB) -> bytes:
+    return (tools.root / path.relative_to("/")).read_bytes()
+
+
+def _ukify_build(tools: ToolsChroot, directory: Path, *args: str) -> None:
+    tools.run(["ukify", "build", *args], binds=[directory])
+
+
+def test_multi_profile_uki(tools_chroot: ToolsChroot, tmp_path: Path) -> None:
+    rng = random.Random(5)
+    (tmp_path / "linux").write_bytes(rng.randbytes(20_000))
+    profile_pe = tmp_path / "reset.efi"
+    reset_cmdline = "usrhash=" + "cd" * 32 + " systemd.factory_reset=1"
+    _ukify_build(
+        tools_chroot,
+        tmp_path,
+        *("--profile", "ID=factory-reset\nTITLE=Factory reset"),
+        *("--cmdline", reset_cmdline, "--output", str(profile_pe)),
+    )
+    joined = tmp_path / "multi.efi"
+    _ukify_build(
+        tools_chroot,
+        tmp_path,
+        *("--linux", str(tmp_path / "linux"), "--uname", "6.12.0", "--os-release", "ID=uvtest"),
+        *("--cmdline", "usrhash=" + "ab" * 32, "--join-profile", str(profile_pe)),
+        *("--output", str(joined)),
+    )
+    theirs = joined.read_bytes()
+    uki = parse_uki(theirs)
+    # ukify adds the base's own ".profile" (ID=main) last in the base, then the joined profile.
+    assert [(p.number, p.id) for p in uki.profiles] == [(0, "main"), (1, "factory-reset")]
+    assert uki.usrhash == "ab" * 32 and uki.profiles[0].cmdline == uki.cmdline
+    assert uki.profiles[1].cmdline == reset_cmdline
+    assert uki.profiles[1].sections[".linux"] == uki.base[".linux"]
+    # inspect reports one entry per name, the last of that name in the file.
+    report = _inspect(tools_chroot, joined)
+    last = {s.name: s for s in uki.sections}
+    assert set(last) == set(report)
+    for name, section in last.items():
+        assert (section.size, hashlib_sha256(section.data)) == (
+            report[name]["size"],
+            report[name]["sha256"],
+        )
+    parts = [(s.name, s.data) for s in uki.sections]
+    assert build_uki(_stub(tools_chroot), parts) == theirs
+    # The profile PE itself is the addon stub plus .profile and .cmdline.
+    profile_parts = [(s.name, s.data) for s in uki.sections[-2:]]
+    ours = add_sections(_stub(tools_chroot, ADDON_STUB), profile_parts)
+    assert ours == profile_pe.read_bytes()
+
+
+@pytest.mark.parametrize("string_table_size", [11, 9])
+def test_stub_with_symbol_table(
+    tools_chroot: ToolsChroot, tmp_path: Path, string_table_size: int
+) -> None:
+    """ukify drops a COFF symbol table that ends the file (the string table's size counts its
+    own 4 bytes: 11 here), and keeps one that does not (9 leaves 2 bytes over); so do we."""
+    stub = bytearray(_stub(tools_chroot))
+    pe = parse_pe(stub)
+    assert pe.pointer_to_symbol_table == 0
+    struct.pack_into("<II", stub, pe.coff_offset + 8, len(stub), 2)
+    stub += bytes(2 * 18) + struct.pack("<I", string_table_size) + b"strings"
+    (tmp_path / "stub.efi").write_bytes(stub)
+    (tmp_path / "linux").write_bytes(b"not a kernel" * 100)
+    output = tmp_path / "uki.efi"
+    _ukify_build(
+        tools_chroot,
+        tmp_path,
+        *("--stub", str(tmp_path / "stub.efi"), "--linux", str(tmp_path / "linux")),
+        *("--uname", "6.12.0", "--output", str(output)),
+    )
+    theirs = output.read_bytes()
+    assert parse_pe(theirs).number_of_symbols == (0 if string_table_size == 11 else 2)
+    parts = [(s.name, s.data) for s in parse_uki(theirs).sections]
+    assert build_uki(bytes(stub), parts) == theirs
 
 
 def test_parse_matches_ukify_inspect(tools_chroot: ToolsChroot, ukify_uki: Path) -> None:
