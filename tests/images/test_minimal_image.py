@@ -182,13 +182,3 @@ def test_inspect_agrees_with_sfdisk_and_dissect(
         assert mount["designator"] == partition["type"]
         assert mount["architecture"] == partition["architecture"]
     assert {m["verity"] for m in dissect["mounts"] if m["designator"] == "usr"} == {"signed"}
-
-
-def test_demo_command_shows_a_passing_trust_report(
-    minimal_image: MkosiOutputs, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # The README's main command: the same cached build, inspected and verified.
-    assert main(["demo", "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "Verdict: PASSED" in out
-    assert "usrhash=" in out and "usr-verity-sig" in out

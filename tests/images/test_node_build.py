@@ -1,24 +1,20 @@
-"""`uvctl build examples/container-host.toml`: a real image from the node policy.
-
-Built once per rendered-tree content (cached in the cache directory, keys included)."""
+"""`uvctl build examples/container-host.toml`: a real image from the node policy, built once
+per rendered-tree content (cached in the cache directory, keys included), shared with the demo."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from ultraviolet.build.keyset import KeySet, init_keys, load_keys
-from ultraviolet.build.mkosi import tree_digest
-from ultraviolet.build.node import BuildResult, build_node
-from ultraviolet.build.render import render_tree
+from ultraviolet.build.keyset import KeySet
+from ultraviolet.build.node import BuildResult, build_cached_node
 from ultraviolet.cli import main
 from ultraviolet.formats.pkcs7 import parse_signed_data, verify_signed_data
 from ultraviolet.policy import load_policy
-from ultraviolet.tools import ToolsChroot, cache_dir
+from ultraviolet.tools import ToolsChroot
 
 pytestmark = pytest.mark.build
 
@@ -26,25 +22,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "container-host.tom
 
 
 @pytest.fixture(scope="session")
-def example_build(
-    tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[BuildResult, KeySet]:
-    policy = load_policy(EXAMPLE)
-    probe = tmp_path_factory.mktemp("probe")
-    digest = tree_digest(render_tree(policy, probe / "tree").directory)[:16]
-    output = cache_dir() / "node-builds" / f"container-host-{digest}"
-    done = output / ".complete"
-    if not done.exists():
-        shutil.rmtree(output, ignore_errors=True)
-        init_keys(output / "keys")
-        build_node(policy, output, load_keys(output / "keys"))
-        done.write_text("ok\n")
-    keys = load_keys(output / "keys")
-    release = output / "release"
-    stem = "container-host_1.0.0"
-    return BuildResult(
-        release, release / f"{stem}.raw", release / f"{stem}.efi", release / "reference.json"
-    ), keys
+def example_build(tools_chroot: ToolsChroot) -> tuple[BuildResult, KeySet]:
+    return build_cached_node(load_policy(EXAMPLE))
 
 
 def test_release_verifies(
@@ -120,3 +99,13 @@ def test_image_carries_policy_files(
     assert (out / "lib" / "repart.d" / "50-root.conf").is_file()
     assert (out / "lib" / "sysupdate.d" / "60-uki.transfer").is_file()
     assert (out / "bin" / "containerd").is_file()
+
+
+def test_demo_command_shows_a_passing_trust_report(
+    example_build: tuple[BuildResult, KeySet], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's main command: the same cached build, inspected and verified.
+    assert main(["demo", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Verdict: PASSED" in out
+    assert "usrhash=" in out and "reference.json" in out

@@ -7,12 +7,15 @@ OUT/release/    what is published (see release.py)
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-from ultraviolet.build.keyset import KeySet
-from ultraviolet.build.mkosi import run_mkosi
+from ultraviolet.build.keyset import KeySet, init_keys, load_keys
+from ultraviolet.build.mkosi import run_mkosi, tree_digest
 from ultraviolet.build.release import (
     collect_release,
     reference_values,
@@ -20,8 +23,10 @@ from ultraviolet.build.release import (
     write_reference,
 )
 from ultraviolet.build.render import IPE_DIRECTORY, render_tree
+from ultraviolet.errors import BuildError
 from ultraviolet.formats.ipe import sign_ipe
 from ultraviolet.policy.model import NodePolicy
+from ultraviolet.tools import cache_dir
 
 Progress = Callable[[str], None]
 
@@ -68,3 +73,33 @@ def build_node(
     reference = write_reference(release, reference_values(policy, image, uki, keys, ipe_signed))
     say(f"release written to {release}")
     return BuildResult(release, image, uki, reference)
+
+
+def example_policy_path(name: str = "container-host") -> Path:
+    """An example node policy shipped in the package (examples/ in the repository links here)."""
+    path = Path(str(resources.files("ultraviolet") / "examples" / f"{name}.toml"))
+    if not path.is_file():
+        raise BuildError(f"example policy {name!r} is missing from the installation")
+    return path
+
+
+def build_cached_node(
+    policy: NodePolicy, *, rebuild: bool = False, progress: Progress | None = None
+) -> tuple[BuildResult, KeySet]:
+    """Build once per rendered-tree content into the cache directory (keys generated there);
+    the demo and the build tests share it."""
+    with tempfile.TemporaryDirectory(prefix="uv-render-") as probe:
+        digest = tree_digest(render_tree(policy, Path(probe) / "tree").directory)[:16]
+    output = cache_dir() / "node-builds" / f"{policy.image.name}-{digest}"
+    done = output / ".complete"
+    if rebuild or not done.exists():
+        shutil.rmtree(output, ignore_errors=True)
+        init_keys(output / "keys")
+        build_node(policy, output, load_keys(output / "keys"), progress=progress)
+        done.write_text("ok\n")
+    stem = f"{policy.image.name}_{policy.image.version}"
+    release = output / "release"
+    result = BuildResult(
+        release, release / f"{stem}.raw", release / f"{stem}.efi", release / "reference.json"
+    )
+    return result, load_keys(output / "keys")
