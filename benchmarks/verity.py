@@ -17,9 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
+from ultraviolet.diskimage import HASH_WORKERS, map_file
 from ultraviolet.formats.verity import format_hash_device
 from ultraviolet.tools import tools
-from ultraviolet.diskimage import HASH_WORKERS, map_file
 
 SALT = bytes(range(32))
 VOLUME = uuid.UUID("a5b2c1d0-0000-4000-8000-000000000001")
