@@ -3,6 +3,7 @@ per rendered-tree content (cached in the cache directory, keys included), shared
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -109,3 +110,26 @@ def test_demo_command_shows_a_passing_trust_report(
     out = capsys.readouterr().out
     assert "Verdict: PASSED" in out
     assert "usrhash=" in out and "reference.json" in out
+
+
+def test_uki_hands_the_root_hash_signature_to_the_kernel(
+    example_build: tuple[BuildResult, KeySet],
+) -> None:
+    from ultraviolet.build.rootsig import OPTION
+    from ultraviolet.formats.uki import cmdline_value, parse_uki
+
+    result, keys = example_build
+    uki = parse_uki(result.uki.read_bytes())
+    cmdline = uki.cmdline or ""
+    assert len(cmdline) < 2048
+    option = cmdline_value(cmdline, "systemd.verity_usr_options")
+    assert option is not None and ("systemd.verity_usr_options=" + option).startswith(OPTION)
+    signature = base64.b64decode(option.removeprefix("root-hash-signature=base64:"))
+    signed = parse_signed_data(signature)
+    assert signed.certificates == () and signed.signers[0].signed_attributes is None
+    root_hash = json.loads(result.reference.read_text())["usr_root_hash"]
+    assert uki.usrhash == root_hash
+    check = verify_signed_data(
+        signed, [keys.signer("verity").certificate], detached_content=root_hash.encode()
+    )
+    assert check.ok

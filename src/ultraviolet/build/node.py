@@ -23,12 +23,15 @@ from ultraviolet.build.release import (
     write_reference,
 )
 from ultraviolet.build.render import IPE_DIRECTORY, render_tree
+from ultraviolet.build.rootsig import embed_root_hash_signature
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.ipe import sign_ipe
 from ultraviolet.policy.model import NodePolicy
-from ultraviolet.tools import cache_dir
+from ultraviolet.tools import cache_dir, tools
 
 Progress = Callable[[str], None]
+# Part of the cache key of cached builds: bump when the build pipeline changes its output.
+PIPELINE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,22 @@ def build_node(
         Path(certificate_path),
         progress=progress,
     )
+    if outputs.uki is None:
+        raise BuildError(f"mkosi produced no UKI in {outputs.directory}")
+    say("adding the root-hash signature to the UKI command line and re-signing it")
+    embed_root_hash_signature(
+        outputs.image,
+        outputs.uki,
+        verity=keys.signer("verity"),
+        secure_boot=keys.signer("db"),
+        chroot=tools(),
+    )
     stem = f"{policy.image.name}_{policy.image.version}"
     release = output / "release"
     files = collect_release(outputs, stem, release)
     write_manifest(release, files, keys)
     image = release / outputs.image.name
-    uki = release / outputs.uki.name  # type: ignore[union-attr]  # collect_release checked it
+    uki = release / outputs.uki.name
     reference = write_reference(release, reference_values(policy, image, uki, keys, ipe_signed))
     say(f"release written to {release}")
     return BuildResult(release, image, uki, reference)
@@ -90,7 +103,7 @@ def build_cached_node(
     the demo and the build tests share it."""
     with tempfile.TemporaryDirectory(prefix="uv-render-") as probe:
         digest = tree_digest(render_tree(policy, Path(probe) / "tree").directory)[:16]
-    output = cache_dir() / "node-builds" / f"{policy.image.name}-{digest}"
+    output = cache_dir() / "node-builds" / f"{policy.image.name}-{digest}-p{PIPELINE_VERSION}"
     done = output / ".complete"
     if rebuild or not done.exists():
         shutil.rmtree(output, ignore_errors=True)
