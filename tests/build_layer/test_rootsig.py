@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ultraviolet.build.rootsig import OPTION, reassemble_uki, with_option
+from ultraviolet.build.rootsig import OPTION, PROFILE_OPTIONS, reassemble_uki, with_option
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.uki import build_uki, parse_uki
 
@@ -37,3 +37,14 @@ def test_reassembled_uki_keeps_every_section() -> None:
     assert [(s.name, s.data) for s in rebuilt.sections if s.name != ".cmdline"] == [
         (name, data) for name, data in parts if name != ".cmdline"
     ]
+
+
+def test_profiles_are_appended() -> None:
+    original = build_uki(STUB, [(".cmdline", b"usrhash=ab"), (".linux", b"K" * 100)])
+    profiles = [PROFILE_OPTIONS["factory-reset"]]
+    rebuilt = parse_uki(reassemble_uki(original, STUB, OPTION + "S", profiles))
+    assert [p.id for p in rebuilt.profiles] == ["main", "factory-reset"]
+    assert rebuilt.profiles[1].cmdline == f"usrhash=ab {OPTION}S systemd.factory_reset=1"
+    assert rebuilt.profiles[0].cmdline == rebuilt.cmdline
+    with pytest.raises(BuildError, match="already has profiles"):
+        reassemble_uki(reassemble_uki(original, STUB, "x", profiles), STUB, "y")

@@ -71,16 +71,39 @@ def test_reference_pcr11_equals_systemd_measure(
 
     result, _ = example_build
     uki = parse_uki(result.uki.read_bytes())
-    arguments = []
-    for section in uki.sections:
-        (tmp_path / section.name[1:]).write_bytes(section.data)
-        arguments.append(f"--{section.name[1:]}={tmp_path / section.name[1:]}")
-    measured = tools_chroot.run(
-        ["/usr/lib/systemd/systemd-measure", "calculate", "--json=short", *arguments],
-        binds=[tmp_path],
-    )
-    theirs = {e["phase"]: e["hash"] for e in json.loads(measured.text)["sha256"]}
-    assert json.loads(result.reference.read_text())["pcr11"]["main"] == theirs
+    reference = json.loads(result.reference.read_text())["pcr11"]
+    assert [p.id for p in uki.profiles] == ["main", "ipe-enforce", "factory-reset"]
+    assert set(reference) == {"main", "ipe-enforce", "factory-reset"}
+    for profile in uki.profiles:
+        directory = tmp_path / (profile.id or "")
+        directory.mkdir()
+        arguments = []
+        for name, section in profile.sections.items():
+            (directory / name[1:]).write_bytes(section.data)
+            arguments.append(f"--{name[1:]}={directory / name[1:]}")
+        measured = tools_chroot.run(
+            ["/usr/lib/systemd/systemd-measure", "calculate", "--json=short", *arguments],
+            binds=[tmp_path],
+        )
+        theirs = {e["phase"]: e["hash"] for e in json.loads(measured.text)["sha256"]}
+        assert reference[profile.id] == theirs, profile.id
+
+
+def test_profiles_and_esp_name(
+    example_build: tuple[BuildResult, KeySet], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ultraviolet.formats.uki import parse_uki
+
+    result, _ = example_build
+    uki = parse_uki(result.uki.read_bytes())
+    cmdlines = {p.id: p.cmdline or "" for p in uki.profiles}
+    assert cmdlines["factory-reset"].endswith(" systemd.factory_reset=1")
+    assert cmdlines["ipe-enforce"].endswith(" ultraviolet.ipe=enforce")
+    assert cmdlines["main"] == uki.cmdline
+    assert main(["inspect", "--json", str(result.image)]) == 0
+    (esp_uki,) = json.loads(capsys.readouterr().out)["esp"]["ukis"]
+    assert esp_uki["path"] == "EFI/Linux/container-host_1.0.0.efi"
+    assert esp_uki["profiles"] == 3
 
 
 @pytest.mark.oracle

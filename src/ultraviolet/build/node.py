@@ -23,7 +23,7 @@ from ultraviolet.build.release import (
     write_reference,
 )
 from ultraviolet.build.render import IPE_DIRECTORY, render_tree
-from ultraviolet.build.rootsig import embed_root_hash_signature
+from ultraviolet.build.rootsig import PROFILE_OPTIONS, finalize_uki
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.ipe import sign_ipe
 from ultraviolet.policy.model import NodePolicy
@@ -31,7 +31,7 @@ from ultraviolet.tools import cache_dir, tools
 
 Progress = Callable[[str], None]
 # Part of the cache key of cached builds: bump when the build pipeline changes its output.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,17 @@ def build_node(
     )
     if outputs.uki is None:
         raise BuildError(f"mkosi produced no UKI in {outputs.directory}")
-    say("adding the root-hash signature to the UKI command line and re-signing it")
-    embed_root_hash_signature(
+    say("UKI: root-hash signature on the command line, profiles, Secure Boot signature")
+    stem = f"{policy.image.name}_{policy.image.version}"
+    finalize_uki(
         outputs.image,
         outputs.uki,
+        name=f"{stem}.efi",
+        profiles=[PROFILE_OPTIONS[p] for p in policy.boot.profiles if p != "main"],
         verity=keys.signer("verity"),
         secure_boot=keys.signer("db"),
         chroot=tools(),
     )
-    stem = f"{policy.image.name}_{policy.image.version}"
     release = output / "release"
     files = collect_release(outputs, stem, release)
     write_manifest(release, files, keys)

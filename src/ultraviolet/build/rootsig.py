@@ -13,6 +13,7 @@ and put back into the ESP of the disk image.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,29 +63,68 @@ def _locate(image: Path) -> tuple[bytes, EspFile, bytes]:
         return root_hash, EspFile(esp.start, path), volume.read_file(path)
 
 
-def reassemble_uki(uki: bytes, stub: bytes, option: str) -> bytes:
-    """The UKI's sections again, on the bare stub, with `option` added to .cmdline."""
+@dataclass(frozen=True)
+class ExtraProfile:
+    """A UKI profile after the main one: its .profile text and command line additions."""
+
+    id: str
+    title: str
+    cmdline: tuple[str, ...]
+
+
+PROFILE_OPTIONS = {
+    "ipe-enforce": ExtraProfile("ipe-enforce", "IPE enforcing", ("ultraviolet.ipe=enforce",)),
+    "factory-reset": ExtraProfile("factory-reset", "Factory reset", ("systemd.factory_reset=1",)),
+}
+
+
+def _profile_text(profile_id: str, title: str) -> bytes:
+    return f"ID={profile_id}\nTITLE={title}\n".encode()
+
+
+def reassemble_uki(
+    uki: bytes, stub: bytes, option: str, profiles: Sequence[ExtraProfile] = ()
+) -> bytes:
+    """The UKI's base sections again, on the bare stub, with `option` added to .cmdline; with
+    `profiles`, a main profile and one profile per entry whose .cmdline adds its options."""
     parsed = parse_uki(uki)
-    sections = []
-    for section in parsed.sections:
-        data = section.data
-        if section.name == ".cmdline":
-            data = with_option(section.text(), option).encode()
-        sections.append((section.name, data))
-    if ".cmdline" not in {name for name, _ in sections}:
+    if parsed.profiles:
+        raise BuildError("the UKI already has profiles; expected mkosi's single-profile UKI")
+    cmdline = parsed.cmdline
+    if cmdline is None:
         raise BuildError("the UKI has no .cmdline to add the root-hash signature to")
+    cmdline = with_option(cmdline, option)
+    sections = [
+        (s.name, cmdline.encode() if s.name == ".cmdline" else s.data) for s in parsed.sections
+    ]
+    if profiles:
+        sections.append((".profile", _profile_text("main", "Main")))
+        for profile in profiles:
+            extended = " ".join((cmdline, *profile.cmdline))
+            if len(extended) >= CMDLINE_LIMIT:
+                raise BuildError(f"profile {profile.id}: command line exceeds {CMDLINE_LIMIT}")
+            sections.append((".profile", _profile_text(profile.id, profile.title)))
+            sections.append((".cmdline", extended.encode()))
     return build_uki(stub, sections)
 
 
-def embed_root_hash_signature(
-    image: Path, uki_out: Path, *, verity: Signer, secure_boot: Signer, chroot: ToolsChroot
+def finalize_uki(
+    image: Path,
+    uki_out: Path,
+    *,
+    name: str,
+    profiles: Sequence[ExtraProfile],
+    verity: Signer,
+    secure_boot: Signer,
+    chroot: ToolsChroot,
 ) -> Path:
-    """Rewrite the UKI inside `image` (and write it to `uki_out`) with the signature option:
-    the root hash signed by `verity`, the UKI Authenticode-signed by `secure_boot` (db)."""
+    """Rewrite the UKI inside `image` as EFI/Linux/`name` (and write it to `uki_out`): root-hash
+    signature option, profiles, root hash signed by `verity`, Authenticode by `secure_boot`."""
     root_hash, where, current = _locate(image)
     stub = (chroot.root / STUB).read_bytes()
     unsigned = uki_out.with_suffix(".unsigned.efi")
-    unsigned.write_bytes(reassemble_uki(current, stub, root_hash_option(root_hash, verity)))
+    option = root_hash_option(root_hash, verity)
+    unsigned.write_bytes(reassemble_uki(current, stub, option, profiles))
     key, certificate = secure_boot.tool_arguments()
     chroot.run(
         [
@@ -101,9 +141,10 @@ def embed_root_hash_signature(
         binds=[uki_out.parent, Path(key).parent],
     )
     unsigned.unlink()
-    chroot.run(
-        ["mcopy", "-o", "-i", f"{image}@@{where.esp_offset}", str(uki_out), f"::{where.path}"],
-        binds=[image.parent, uki_out.parent],
-        env={"MTOOLS_SKIP_CHECK": "1"},
-    )
+    target = f"EFI/Linux/{name}"
+    mtools = f"{image}@@{where.esp_offset}"
+    binds = [image.parent, uki_out.parent]
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    chroot.run(["mdel", "-i", mtools, f"::{where.path}"], binds=binds, env=env)
+    chroot.run(["mcopy", "-o", "-i", mtools, str(uki_out), f"::{target}"], binds=binds, env=env)
     return uki_out
