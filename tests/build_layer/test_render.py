@@ -22,7 +22,10 @@ def test_example_tree(tmp_path: Path) -> None:
     assert conf.get("Output", "ImageId") == "container-host"
     assert conf.get("Output", "ImageVersion") == "1.0.0"
     assert {"containerd", "runc", "linux-image-amd64"} <= set(conf.get_all("Content", "Packages"))
-    assert conf.get("Content", "KernelCommandLine") == "console=ttyS0 systemd.firstboot=no quiet"
+    assert conf.get("Content", "KernelCommandLine") == (
+        "console=ttyS0 systemd.firstboot=no rootflags=noexec,nosuid,nodev quiet"
+    )
+    assert (tmp_path / "tree" / "mkosi.finalize").stat().st_mode & 0o111
     extra = tmp_path / "tree" / "mkosi.extra" / "usr" / "lib"
     assert (extra / "repart.d" / "50-root.conf").is_file()
     assert (extra / "sysupdate.d" / "60-uki.transfer").is_file()

@@ -24,6 +24,7 @@ from ultraviolet.build.release import (
 )
 from ultraviolet.build.render import IPE_DIRECTORY, render_tree
 from ultraviolet.build.rootsig import PROFILE_OPTIONS, finalize_uki
+from ultraviolet.build.truths import check_usr
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.ipe import sign_ipe
 from ultraviolet.policy.model import NodePolicy
@@ -31,7 +32,7 @@ from ultraviolet.tools import cache_dir, tools
 
 Progress = Callable[[str], None]
 # Part of the cache key of cached builds: bump when the build pipeline changes its output.
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,20 @@ def _sign_ipe(text: str, keys: KeySet, extra: Path) -> bytes:
     signed = sign_ipe(text, signer.pair.key, signer.pair.certificate)
     (extra / IPE_DIRECTORY / "policy.p7s").write_bytes(signed)
     return signed
+
+
+def _check_truths(policy: NodePolicy, usr_partition: Path, output: Path) -> None:
+    extracted = output / ".usr-extracted"
+    shutil.rmtree(extracted, ignore_errors=True)
+    tools().run(
+        ["fsck.erofs", f"--extract={extracted}", str(usr_partition)],
+        binds=[output, usr_partition.parent],
+    )
+    try:
+        allowed = (*policy.integrity.suid_allow, *policy.integrity.capabilities_allow)
+        check_usr(extracted, "/usr", allowed)
+    finally:
+        shutil.rmtree(extracted, ignore_errors=True)
 
 
 def build_node(
@@ -69,8 +84,10 @@ def build_node(
     )
     if outputs.uki is None:
         raise BuildError(f"mkosi produced no UKI in {outputs.directory}")
-    say("UKI: root-hash signature on the command line, profiles, Secure Boot signature")
     stem = f"{policy.image.name}_{policy.image.version}"
+    say("checking /usr: no set-id bits, file capabilities or device nodes")
+    _check_truths(policy, outputs.directory / f"{stem}.usr.raw", output)
+    say("UKI: root-hash signature on the command line, profiles, Secure Boot signature")
     finalize_uki(
         outputs.image,
         outputs.uki,

@@ -10,6 +10,7 @@ from pathlib import Path
 from ultraviolet.build.definitions import first_boot_repart, sysupdate_transfers
 from ultraviolet.build.ipe import build_ipe_policy
 from ultraviolet.build.mkosi import embedded_tree
+from ultraviolet.build.truths import NOEXEC_CMDLINE, finalize_script
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.ipe import render_ipe
 from ultraviolet.formats.unitfile import UnitFile, render_unit, unit
@@ -59,7 +60,9 @@ def mkosi_conf(policy: NodePolicy) -> UnitFile:
         ("Hostname", policy.hostname),
     ]
     content += [("Packages", package) for package in _packages(policy)]
-    content.append(("KernelCommandLine", " ".join((*BASE_CMDLINE, *policy.boot.cmdline))))
+    noexec = NOEXEC_CMDLINE if policy.integrity.writable_noexec else ()
+    words = (*BASE_CMDLINE, *noexec, *policy.boot.cmdline)
+    content.append(("KernelCommandLine", " ".join(words)))
     validation = [("SecureBoot", "yes" if policy.boot.secure_boot else "no"), ("Verity", "yes")]
     if policy.boot.secure_boot_auto_enroll:
         validation.append(("SecureBootAutoEnroll", "yes"))
@@ -168,6 +171,11 @@ def render_tree(policy: NodePolicy, directory: Path) -> RenderedTree:
         (extra / IPE_DIRECTORY).mkdir(parents=True)
         (extra / IPE_DIRECTORY / "policy.txt").write_text(ipe_text)
         (extra / IPE_DIRECTORY / "mode").write_text(policy.integrity.ipe_mode + "\n")
+    script = directory / "mkosi.finalize"
+    script.write_text(
+        finalize_script(policy.integrity.suid_allow, policy.integrity.capabilities_allow)
+    )
+    script.chmod(0o755)
     _copy_sandbox(directory)
     _copy_extra_tree(policy, extra)
     return RenderedTree(directory, ipe_text)
