@@ -40,6 +40,23 @@ def _slot(kind: str, label: str, size: int, extra: list[tuple[str, str]]) -> Uni
     )
 
 
+def _data_partition(
+    policy: NodePolicy,
+    kind: str,
+    file_system: str,
+    extra: list[tuple[str, str]],
+    *,
+    encrypt: bool = True,
+) -> UnitFile:
+    """root/home/swap: formatted at first boot, TPM2-LUKS and factory reset per policy."""
+    entries = [("Type", kind), ("Format", file_system), *extra]
+    if encrypt and policy.storage.root_encryption == "tpm2":
+        entries.append(("Encrypt", "tpm2"))
+    if policy.storage.factory_reset:
+        entries.append(("FactoryReset", "yes"))
+    return unit(("Partition", entries))
+
+
 def first_boot_repart(policy: NodePolicy) -> dict[str, UnitFile]:
     """/usr/lib/repart.d of the image: file name -> definition."""
     usr = policy.storage.usr_slot_size
@@ -60,33 +77,14 @@ def first_boot_repart(policy: NodePolicy) -> dict[str, UnitFile]:
             "usr-verity-sig", EMPTY_LABEL, VERITY_SIG_SIZE, read_only
         ),
     }
-    root = [
-        ("Type", "root"),
-        ("Format", policy.storage.root_filesystem),
-        ("SizeMinBytes", str(policy.storage.root_min_size)),
-    ]
-    if policy.storage.root_encryption == "tpm2":
-        root.append(("Encrypt", "tpm2"))
-    if policy.storage.factory_reset:
-        root.append(("FactoryReset", "yes"))
-    definitions["50-root.conf"] = unit(("Partition", root))
-    if policy.storage.home:
-        home = [("Type", "home"), ("Format", policy.storage.root_filesystem)]
-        if policy.storage.root_encryption == "tpm2":
-            home.append(("Encrypt", "tpm2"))
-        if policy.storage.factory_reset:
-            home.append(("FactoryReset", "yes"))
-        definitions["60-home.conf"] = unit(("Partition", home))
-    if policy.storage.swap_size:
-        swap = [
-            ("Type", "swap"),
-            ("Format", "swap"),
-            ("SizeMinBytes", str(policy.storage.swap_size)),
-            ("SizeMaxBytes", str(policy.storage.swap_size)),
-        ]
-        if policy.storage.factory_reset:
-            swap.append(("FactoryReset", "yes"))
-        definitions["70-swap.conf"] = unit(("Partition", swap))
+    storage = policy.storage
+    size = [("SizeMinBytes", str(storage.root_min_size))]
+    definitions["50-root.conf"] = _data_partition(policy, "root", storage.root_filesystem, size)
+    if storage.home:
+        definitions["60-home.conf"] = _data_partition(policy, "home", storage.root_filesystem, [])
+    if storage.swap_size:
+        exact = [("SizeMinBytes", str(storage.swap_size)), ("SizeMaxBytes", str(storage.swap_size))]
+        definitions["70-swap.conf"] = _data_partition(policy, "swap", "swap", exact, encrypt=False)
     return definitions
 
 
