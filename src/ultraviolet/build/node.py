@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ultraviolet.build.initrd import initrd_extension
 from ultraviolet.build.keyset import KeySet, init_keys, load_keys
 from ultraviolet.build.mkosi import run_mkosi, tree_digest
 from ultraviolet.build.release import (
@@ -32,7 +33,7 @@ from ultraviolet.tools import cache_dir, tools
 
 Progress = Callable[[str], None]
 # Part of the cache key of cached builds: bump when the build pipeline changes its output.
-PIPELINE_VERSION = 4
+PIPELINE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def build_node(
         outputs.uki,
         name=f"{stem}.efi",
         profiles=[PROFILE_OPTIONS[p] for p in policy.boot.profiles if p != "main"],
+        initrd_extra=initrd_extension(policy, ipe_signed),
         verity=keys.signer("verity"),
         secure_boot=keys.signer("db"),
         chroot=tools(),

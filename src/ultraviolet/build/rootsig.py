@@ -82,11 +82,25 @@ def _profile_text(profile_id: str, title: str) -> bytes:
     return f"ID={profile_id}\nTITLE={title}\n".encode()
 
 
+def _section_data(name: str, data: bytes, cmdline: str, initrd_extra: bytes) -> bytes:
+    if name == ".cmdline":
+        return cmdline.encode()
+    if name == ".initrd" and initrd_extra:
+        # Archives start 4-byte aligned; the kernel skips the NUL padding between them.
+        return data + bytes(-len(data) % 4) + initrd_extra
+    return data
+
+
 def reassemble_uki(
-    uki: bytes, stub: bytes, option: str, profiles: Sequence[ExtraProfile] = ()
+    uki: bytes,
+    stub: bytes,
+    option: str,
+    profiles: Sequence[ExtraProfile] = (),
+    initrd_extra: bytes = b"",
 ) -> bytes:
-    """The UKI's base sections again, on the bare stub, with `option` added to .cmdline; with
-    `profiles`, a main profile and one profile per entry whose .cmdline adds its options."""
+    """The UKI's base sections again, on the bare stub, with `option` added to .cmdline and
+    `initrd_extra` (a cpio) appended to .initrd; with `profiles`, a main profile and one
+    profile per entry whose .cmdline adds its options."""
     parsed = parse_uki(uki)
     if parsed.profiles:
         raise BuildError("the UKI already has profiles; expected mkosi's single-profile UKI")
@@ -94,8 +108,10 @@ def reassemble_uki(
     if cmdline is None:
         raise BuildError("the UKI has no .cmdline to add the root-hash signature to")
     cmdline = with_option(cmdline, option)
+    if initrd_extra and parsed.section(".initrd") is None:
+        raise BuildError("the UKI has no .initrd to extend")
     sections = [
-        (s.name, cmdline.encode() if s.name == ".cmdline" else s.data) for s in parsed.sections
+        (s.name, _section_data(s.name, s.data, cmdline, initrd_extra)) for s in parsed.sections
     ]
     if profiles:
         sections.append((".profile", _profile_text("main", "Main")))
@@ -114,6 +130,7 @@ def finalize_uki(
     *,
     name: str,
     profiles: Sequence[ExtraProfile],
+    initrd_extra: bytes,
     verity: Signer,
     secure_boot: Signer,
     chroot: ToolsChroot,
@@ -124,7 +141,7 @@ def finalize_uki(
     stub = (chroot.root / STUB).read_bytes()
     unsigned = uki_out.with_suffix(".unsigned.efi")
     option = root_hash_option(root_hash, verity)
-    unsigned.write_bytes(reassemble_uki(current, stub, option, profiles))
+    unsigned.write_bytes(reassemble_uki(current, stub, option, profiles, initrd_extra))
     key, certificate = secure_boot.tool_arguments()
     chroot.run(
         [
