@@ -40,6 +40,12 @@ def _slot(kind: str, label: str, size: int, extra: list[tuple[str, str]]) -> Uni
     )
 
 
+def _existing(kind: str, maximum: int) -> UnitFile:
+    return unit(
+        ("Partition", [("Type", kind), ("SizeMinBytes", "4096"), ("SizeMaxBytes", str(maximum))])
+    )
+
+
 def _data_partition(
     policy: NodePolicy,
     kind: str,
@@ -64,13 +70,12 @@ def first_boot_repart(policy: NodePolicy) -> dict[str, UnitFile]:
     read_only = [("ReadOnly", "yes")]
     definitions = {
         "00-esp.conf": unit(("Partition", [("Type", "esp")])),
-        # Slot A exists already; without a small minimum repart would want to grow a minimized
-        # erofs to its 10 MiB default minimum and refuse for lack of room.
-        "10-usr-a.conf": unit(("Partition", [("Type", "usr"), ("SizeMinBytes", "4096")])),
-        "11-usr-verity-a.conf": unit(
-            ("Partition", [("Type", "usr-verity"), ("SizeMinBytes", "4096")])
-        ),
-        "12-usr-verity-sig-a.conf": unit(("Partition", [("Type", "usr-verity-sig")])),
+        # Slot A exists already. A small minimum: repart would otherwise want to grow a smaller
+        # A slot to its 10 MiB default minimum; a maximum: without one repart grows the last
+        # existing partition into all free space (seen in the VM: verity-sig 16K -> 3G).
+        "10-usr-a.conf": _existing("usr", usr),
+        "11-usr-verity-a.conf": _existing("usr-verity", verity),
+        "12-usr-verity-sig-a.conf": _existing("usr-verity-sig", VERITY_SIG_SIZE),
         "20-usr-b.conf": _slot("usr", EMPTY_LABEL, usr, read_only),
         "21-usr-verity-b.conf": _slot("usr-verity", EMPTY_LABEL, verity, read_only),
         "22-usr-verity-sig-b.conf": _slot(

@@ -7,7 +7,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ultraviolet.build.definitions import first_boot_repart, sysupdate_transfers
+from ultraviolet.build.definitions import (
+    VERITY_SIG_SIZE,
+    first_boot_repart,
+    sysupdate_transfers,
+    verity_slot_size,
+)
 from ultraviolet.build.ipe import build_ipe_policy
 from ultraviolet.build.mkosi import embedded_tree
 from ultraviolet.build.truths import NOEXEC_CMDLINE, finalize_script
@@ -91,9 +96,15 @@ def mkosi_conf(policy: NodePolicy) -> UnitFile:
 
 
 def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
-    """mkosi.repart/: ESP and usr slot A, labelled NAME_VERSION so that sysupdate can match."""
+    """mkosi.repart/: ESP and usr slot A at the policy's slot sizes (so that A and B slots are
+    alike for updates), labelled NAME_VERSION so that sysupdate can match them."""
     label = f"{policy.image.name}_{policy.image.version}"
     verity = [("VerityMatchKey", "usr"), ("Label", label)]
+    usr_size = policy.storage.usr_slot_size
+
+    def exact(size: int) -> list[tuple[str, str]]:
+        return [("SizeMinBytes", str(size)), ("SizeMaxBytes", str(size))]
+
     return {
         "00-esp.conf": unit(
             (
@@ -103,8 +114,7 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
                     ("Format", "vfat"),
                     ("CopyFiles", "/boot:/"),
                     ("CopyFiles", "/efi:/"),
-                    ("SizeMinBytes", str(ESP_BYTES)),
-                    ("SizeMaxBytes", str(ESP_BYTES)),
+                    *exact(ESP_BYTES),
                 ],
             )
         ),
@@ -117,7 +127,7 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
                     ("CopyFiles", "/usr:/"),
                     ("Verity", "data"),
                     *verity,
-                    ("Minimize", "best"),
+                    *exact(usr_size),
                     ("SplitName", "usr"),
                 ],
             )
@@ -129,7 +139,7 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
                     ("Type", "usr-verity"),
                     ("Verity", "hash"),
                     *verity,
-                    ("Minimize", "best"),
+                    *exact(verity_slot_size(usr_size)),
                     ("SplitName", "usr-verity"),
                 ],
             )
@@ -141,6 +151,7 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
                     ("Type", "usr-verity-sig"),
                     ("Verity", "signature"),
                     *verity,
+                    *exact(VERITY_SIG_SIZE),
                     ("SplitName", "usr-verity-sig"),
                 ],
             )
