@@ -23,7 +23,7 @@ def test_example_tree(tmp_path: Path) -> None:
     assert conf.get("Output", "ImageVersion") == "1.0.0"
     assert {"containerd", "runc", "linux-image-amd64"} <= set(conf.get_all("Content", "Packages"))
     assert conf.get("Content", "KernelCommandLine") == (
-        "console=ttyS0 systemd.firstboot=no rootflags=noexec,nosuid,nodev quiet"
+        "console=ttyS0 systemd.firstboot=no rw rootflags=noexec,nosuid,nodev quiet"
     )
     assert (tmp_path / "tree" / "mkosi.finalize").stat().st_mode & 0o111
     extra = tmp_path / "tree" / "mkosi.extra" / "usr" / "lib"

@@ -35,7 +35,8 @@ BASE_PACKAGES = (
     "btrfs-progs",
 )
 RUNTIME_PACKAGES = {"containerd": ("containerd", "runc"), "none": ()}
-BASE_CMDLINE = ("console=ttyS0", "systemd.firstboot=no")
+# rw: without it the fresh root is mounted read-only and /sysroot/usr cannot be created (VM).
+BASE_CMDLINE = ("console=ttyS0", "systemd.firstboot=no", "rw")
 ESP_BYTES = 512 * 1024 * 1024
 IPE_DIRECTORY = "usr/lib/ultraviolet/ipe"
 
