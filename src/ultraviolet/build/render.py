@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ultraviolet.build.definitions import (
-    VERITY_SIG_SIZE,
     first_boot_repart,
     sysupdate_transfers,
     verity_slot_size,
