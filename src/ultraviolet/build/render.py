@@ -148,10 +148,10 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
             (
                 "Partition",
                 [
+                    # no size: repart sizes signature partitions itself and refuses one
                     ("Type", "usr-verity-sig"),
                     ("Verity", "signature"),
                     *verity,
-                    *exact(VERITY_SIG_SIZE),
                     ("SplitName", "usr-verity-sig"),
                 ],
             )
