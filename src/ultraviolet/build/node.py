@@ -33,7 +33,7 @@ from ultraviolet.tools import cache_dir, tools
 
 Progress = Callable[[str], None]
 # Part of the cache key of cached builds: bump when the build pipeline changes its output.
-PIPELINE_VERSION = 7
+PIPELINE_VERSION = 8
 
 
 @dataclass(frozen=True)

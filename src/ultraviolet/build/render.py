@@ -99,7 +99,10 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
     """mkosi.repart/: ESP and usr slot A at the policy's slot sizes (so that A and B slots are
     alike for updates), labelled NAME_VERSION so that sysupdate can match them."""
     label = f"{policy.image.name}_{policy.image.version}"
+    # 4 KiB verity blocks: repart otherwise takes the 512-byte sector size, which makes the
+    # hash tree 8x larger (68 MiB for a 1 GiB slot) and does not fit the slot sizes.
     verity = [("VerityMatchKey", "usr"), ("Label", label)]
+    blocks = [("VerityDataBlockSizeBytes", "4096"), ("VerityHashBlockSizeBytes", "4096")]
     usr_size = policy.storage.usr_slot_size
 
     def exact(size: int) -> list[tuple[str, str]]:
@@ -127,6 +130,7 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
                     ("CopyFiles", "/usr:/"),
                     ("Verity", "data"),
                     *verity,
+                    *blocks,
                     *exact(usr_size),
                     ("SplitName", "usr"),
                 ],
@@ -139,6 +143,7 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
                     ("Type", "usr-verity"),
                     ("Verity", "hash"),
                     *verity,
+                    *blocks,
                     *exact(verity_slot_size(usr_size)),
                     ("SplitName", "usr-verity"),
                 ],
