@@ -78,9 +78,8 @@ def first_boot_repart(policy: NodePolicy) -> dict[str, UnitFile]:
         "12-usr-verity-sig-a.conf": _existing("usr-verity-sig", VERITY_SIG_SIZE),
         "20-usr-b.conf": _slot("usr", EMPTY_LABEL, usr, read_only),
         "21-usr-verity-b.conf": _slot("usr-verity", EMPTY_LABEL, verity, read_only),
-        "22-usr-verity-sig-b.conf": _slot(
-            "usr-verity-sig", EMPTY_LABEL, VERITY_SIG_SIZE, read_only
-        ),
+        # signature partitions have no read-only flag (repart warns and ignores it)
+        "22-usr-verity-sig-b.conf": _slot("usr-verity-sig", EMPTY_LABEL, VERITY_SIG_SIZE, []),
     }
     storage = policy.storage
     size = [("SizeMinBytes", str(storage.root_min_size))]
