@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -276,12 +277,60 @@ class ToolsChroot:
         stream: Callable[[str], None] | None = None,
     ) -> Result:
         """Run `argv` inside the chroot; each bind is a host path mounted at the same path."""
+        return _run_process(
+            self._command(argv, binds, cwd, env),
+            env=_host_env(None),
+            input=input,
+            timeout=timeout,
+            check=check,
+            stream=stream,
+            shown_argv=["[tools]", *argv],
+        )
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        log: Path,
+        binds: Iterable[str | Path] = (),
+        cwd: str | Path = "/",
+        env: Mapping[str, str] | None = None,
+    ) -> Spawned:
+        """Start `argv` in the chroot in the background (own process group, output to `log`);
+        for long-running programs such as a VM that the caller watches and stops."""
+        command = self._command(argv, binds, cwd, env)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        shown = ["[tools]", *argv]
+        log_handle = log.open("wb")
+        try:
+            process = subprocess.Popen(
+                command,
+                env=_host_env(None),
+                stdin=subprocess.DEVNULL,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ToolError(shown, None, str(exc)) from exc
+        finally:
+            log_handle.close()
+        log.parent.joinpath(log.name + ".cmd").write_text(" ".join(shown) + "\n")
+        return Spawned(tuple(shown), process)
+
+    def _command(
+        self,
+        argv: Sequence[str],
+        binds: Iterable[str | Path],
+        cwd: str | Path,
+        env: Mapping[str, str] | None,
+    ) -> list[str]:
         self.ensure()
         bind_paths = [str(Path(b).resolve()) for b in binds]
         chroot_env = {"PATH": CHROOT_PATH, "LANG": "C.UTF-8", "HOME": "/root", "TMPDIR": "/tmp"}
         if env:
             chroot_env.update(env)
-        command = [
+        return [
             "unshare",
             "--mount",
             "--propagation",
@@ -299,15 +348,30 @@ class ToolsChroot:
             *(f"{key}={value}" for key, value in chroot_env.items()),
             *argv,
         ]
-        return _run_process(
-            command,
-            env=_host_env(None),
-            input=input,
-            timeout=timeout,
-            check=check,
-            stream=stream,
-            shown_argv=["[tools]", *argv],
-        )
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """A background program in its own process group."""
+
+    argv: tuple[str, ...]
+    process: subprocess.Popen[bytes]
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """Terminate the whole process group (the program and everything it started)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                return self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+        return self.process.poll()
 
 
 def tools() -> ToolsChroot:

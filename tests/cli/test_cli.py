@@ -9,7 +9,7 @@ import pytest
 
 from ultraviolet.cli import build_parser, main
 
-COMMANDS = ["demo", "inspect", "verify", "verity", "pcr", "policy", "keys", "tools"]
+COMMANDS = ["demo", "inspect", "verify", "verity", "pcr", "policy", "keys", "vm", "tools"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pcr",
     "policy",
     "keys",
+    "vm",
     "tools",
 )
 

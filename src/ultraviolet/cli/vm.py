@@ -1,0 +1,53 @@
+"""`uvctl vm run IMAGE --keys DIR`: boot an image with Secure Boot (our keys) and a TPM."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ultraviolet.build.keyset import load_keys
+from ultraviolet.testbed.vm import VmConfig, boot
+from ultraviolet.tools import tools
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "vm",
+        help="boot an image in QEMU with OVMF Secure Boot and swtpm",
+        description="Boot a disk image (a grown, sparse copy; the image is never changed) under "
+        "QEMU/TCG with OVMF Secure Boot, the key set's PK/KEK/db enrolled, and swtpm. Stops when "
+        "--until matches the serial console, on emergency mode/panic, or at --timeout. Exit 0 "
+        "only if --until matched. Needs root.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="boot IMAGE and watch its serial console")
+    run.add_argument("image", type=Path)
+    run.add_argument("--keys", type=Path, required=True, help="key set directory (keys init)")
+    run.add_argument("--until", default=r"login: ", help="regex that ends the boot successfully")
+    run.add_argument("--timeout", type=float, default=420.0, help="seconds (default 420)")
+    run.add_argument("--disk-size", default="8G", help="size of the booted disk copy")
+    run.add_argument("--workdir", type=Path, help="keep the VM files here (default: temporary)")
+    run.set_defaults(func=run_vm)
+
+
+def run_vm(args: argparse.Namespace) -> int:
+    keys = load_keys(args.keys)
+    config = VmConfig(
+        image=args.image.resolve(),
+        pk=keys.signer("pk").certificate_path,
+        kek=keys.signer("kek").certificate_path,
+        db=keys.signer("db").certificate_path,
+        disk_size=args.disk_size,
+        timeout=args.timeout,
+    )
+    with tempfile.TemporaryDirectory(prefix="uv-vm-", dir="/var/tmp") as temporary:
+        work = args.workdir or Path(temporary)
+        result = boot(config, re.compile(args.until), work, tools())
+        print(result.console()[-4000:])
+        print(
+            f"verdict: {result.verdict} after {result.seconds:.0f} s (serial log {result.serial})"
+        )
+    return 0 if result.ok else 1

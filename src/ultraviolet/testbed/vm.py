@@ -1,0 +1,103 @@
+"""Boot an image under QEMU (TCG) with OVMF Secure Boot, our PK/KEK/db enrolled, and swtpm.
+
+The line is TESTBED.md's: q35 with SMM, the secboot OVMF build, vars made with virt-fw-vars
+(Secure Boot enabled with our keys, not setup mode), swtpm as TPM 2.0, the image as a
+virtio disk. The image is never altered: a sparse copy, grown to `disk_size` because first boot
+creates root and the B slots, is what boots. The serial console goes to a file that is watched
+for a verdict; the VM's whole process group is stopped as soon as one is seen or time runs out.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ultraviolet.tools import ToolsChroot
+
+OWNER_GUID = "a3f2a0f4-7f0e-4c55-9b3a-6f1d2b6c7e51"
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+FAILURE = re.compile(r"You are in emergency mode|Kernel panic|Security Violation|Access Denied")
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    image: Path
+    pk: Path
+    kek: Path
+    db: Path
+    disk_size: str = "8G"
+    memory: str = "2G"
+    timeout: float = 420.0
+
+
+@dataclass(frozen=True)
+class BootResult:
+    verdict: str  # "matched", "failed" (emergency/panic/refused), "timeout", "exited"
+    seconds: float
+    serial: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "matched"
+
+    def console(self) -> str:
+        raw = self.serial.read_bytes().decode("utf-8", errors="replace")
+        return re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", raw).replace("\r", "")
+
+
+def _script(config: VmConfig, work: Path) -> str:
+    q = shlex.quote
+    guid = OWNER_GUID
+    return f"""set -eu
+cd {q(str(work))}
+virt-fw-vars --input {OVMF_VARS} --output vars.fd --set-pk {guid} {q(str(config.pk))} \\
+    --add-kek {guid} {q(str(config.kek))} --add-db {guid} {q(str(config.db))} \\
+    --no-microsoft --secure-boot >/dev/null
+cp --sparse=always {q(str(config.image))} disk.raw
+truncate -s {q(config.disk_size)} disk.raw
+mkdir -p tpm
+swtpm socket --tpm2 --tpmstate dir=tpm --ctrl type=unixio,path=swtpm.sock \\
+    --flags not-need-init,startup-clear &
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -S swtpm.sock ] && break; sleep 0.5; done
+exec qemu-system-x86_64 -machine q35,smm=on -accel tcg,thread=multi -cpu max -smp 2 \\
+    -m {q(config.memory)} -global driver=cfi.pflash01,property=secure,value=on \\
+    -drive if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE} \\
+    -drive if=pflash,format=raw,unit=1,file=vars.fd \\
+    -chardev socket,id=chrtpm,path=swtpm.sock -tpmdev emulator,id=tpm0,chardev=chrtpm \\
+    -device tpm-tis,tpmdev=tpm0 \\
+    -drive if=none,id=disk,format=raw,file=disk.raw \\
+    -device virtio-blk-pci,drive=disk,bootindex=1 \\
+    -display none -serial file:serial.log -no-reboot
+"""
+
+
+def boot(config: VmConfig, until: re.Pattern[str], work: Path, chroot: ToolsChroot) -> BootResult:
+    """Boot until `until` shows on the serial console (or failure / timeout), then stop."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "vm.sh").write_text(_script(config, work))
+    serial = work / "serial.log"
+    serial.unlink(missing_ok=True)
+    binds = {work, config.image.parent, config.pk.parent, config.kek.parent, config.db.parent}
+    started = time.monotonic()
+    vm = chroot.spawn(["sh", str(work / "vm.sh")], log=work / "vm.log", binds=sorted(binds))
+    verdict = "timeout"
+    try:
+        while time.monotonic() - started < config.timeout:
+            text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
+            if until.search(text):
+                verdict = "matched"
+                break
+            if FAILURE.search(text):
+                verdict = "failed"
+                break
+            if not vm.running():
+                verdict = "exited"
+                break
+            time.sleep(1.0)
+    finally:
+        vm.stop()
+    return BootResult(verdict, time.monotonic() - started, serial)
