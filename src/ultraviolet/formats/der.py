@@ -154,3 +154,11 @@ def child_list(element: DerElement, what: str, minimum: int) -> tuple[DerElement
             what, f"expected at least {minimum} fields, found {len(children)}", element.offset
         )
     return children
+
+
+def only_child(element: DerElement, what: str) -> DerElement:
+    """The single element inside an EXPLICIT tag (exactly one, or a DerError)."""
+    children = element.children()
+    if len(children) != 1:
+        raise DerError(what, f"expected exactly one element, found {len(children)}", element.offset)
+    return children[0]

@@ -102,7 +102,7 @@ def _parse_signed_data(data: Bytes) -> SignedData:
     info = der.child_list(der.parse(data).expect(der.SEQUENCE, "ContentInfo"), "ContentInfo", 2)
     if der.decode_oid(info[0]) != SIGNED_DATA:
         raise Pkcs7Error("ContentInfo", "content type is not signedData", info[0].offset)
-    (signed,) = info[1].expect(0, "ContentInfo content", der.CONTEXT).children()
+    signed = der.only_child(info[1].expect(0, "ContentInfo content", der.CONTEXT), "content")
     fields = der.child_list(signed.expect(der.SEQUENCE, "SignedData"), "SignedData", 4)
     version = der.decode_integer(fields[0])
     digests = tuple(_algorithm(a, "digestAlgorithm")[0] for a in fields[1].children())
@@ -126,7 +126,7 @@ def _encapsulated(element: der.DerElement) -> tuple[str, bytes | None, bytes | N
     content_type = der.decode_oid(fields[0])
     if len(fields) == 1:
         return content_type, None, None
-    (inner,) = fields[1].expect(0, "eContent", der.CONTEXT).children()
+    inner = der.only_child(fields[1].expect(0, "eContent", der.CONTEXT), "eContent")
     return content_type, inner.content, inner.encoded
 
 
