@@ -13,7 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ultraviolet.errors import VerificationError
+from ultraviolet.formats.fat import FatVolume
 from ultraviolet.formats.gpt import GptPartition, GptTable, parse_gpt
+
+UKI_DIRECTORY = "EFI/Linux"
+
+
+def uki_paths(esp: FatVolume) -> list[str]:
+    """The UKIs (EFI/Linux/*.efi files) of an ESP, sorted; none if the directory is missing."""
+    if not esp.exists(UKI_DIRECTORY):
+        return []
+    return sorted(
+        f"{UKI_DIRECTORY}/{entry.name}"
+        for entry in esp.listdir(UKI_DIRECTORY)
+        if not entry.is_dir and entry.name.lower().endswith(".efi")
+    )
+
 
 # Threads for hashing (hashlib releases the GIL on large buffers).
 HASH_WORKERS = os.cpu_count() or 1

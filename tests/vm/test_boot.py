@@ -9,7 +9,6 @@ the system reached a login prompt with containerd's /usr signed and mounted.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -35,19 +34,21 @@ def first_boot(tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_reaches_login_prompt(first_boot: BootResult) -> None:
-    tail = first_boot.console()[-3000:]
-    assert first_boot.ok, f"{first_boot.verdict} after {first_boot.seconds:.0f} s:\n{tail}"
+    assert first_boot.ok, first_boot.explain()
 
 
 def test_ipe_policy_enforced_from_the_initrd(first_boot: BootResult) -> None:
-    assert "ultraviolet-ipe: policy container-host active, mode enforce" in first_boot.console()
+    line = "ultraviolet-ipe: policy container-host active, mode enforce"
+    assert line in first_boot.console(), first_boot.explain()
 
 
 def test_no_emergency_and_no_failed_units(first_boot: BootResult) -> None:
     console = first_boot.console()
+    assert first_boot.ok, first_boot.explain()
     assert "emergency mode" not in console
     assert "Failed to start" not in console, console[-3000:]
 
 
 def test_serial_log_is_kept(first_boot: BootResult) -> None:
-    assert Path(first_boot.serial).stat().st_size > 0
+    assert first_boot.serial.exists(), first_boot.explain()
+    assert first_boot.serial.stat().st_size > 0

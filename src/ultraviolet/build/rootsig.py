@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ultraviolet.build.keyset import Signer
-from ultraviolet.diskimage import open_disk_image
+from ultraviolet.diskimage import UKI_DIRECTORY, open_disk_image, uki_paths
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.fat import FatVolume
 from ultraviolet.formats.uki import build_uki, parse_uki
@@ -56,10 +56,10 @@ def _locate(image: Path) -> tuple[bytes, EspFile, bytes]:
         root_hash = parse_verity_sig(disk.partition_bytes(sig)).root_hash
         (esp,) = disk.partitions_of_type("esp")
         volume = FatVolume.parse(disk.partition_bytes(esp), base=esp.start)
-        ukis = [e.name for e in volume.listdir("EFI/Linux") if e.name.lower().endswith(".efi")]
+        ukis = uki_paths(volume)
         if len(ukis) != 1:
-            raise BuildError(f"{image}: expected one UKI in EFI/Linux, found {ukis}")
-        path = f"EFI/Linux/{ukis[0]}"
+            raise BuildError(f"{image}: expected one UKI in {UKI_DIRECTORY}, found {ukis}")
+        path = ukis[0]
         return root_hash, EspFile(esp.start, path), volume.read_file(path)
 
 
@@ -158,7 +158,7 @@ def finalize_uki(
         binds=[uki_out.parent, Path(key).parent],
     )
     unsigned.unlink()
-    target = f"EFI/Linux/{name}"
+    target = f"{UKI_DIRECTORY}/{name}"
     mtools = f"{image}@@{where.esp_offset}"
     binds = [image.parent, uki_out.parent]
     env = {"MTOOLS_SKIP_CHECK": "1"}

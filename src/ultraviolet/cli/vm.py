@@ -17,10 +17,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "vm",
         help="boot an image in QEMU with OVMF Secure Boot and swtpm",
-        description="Boot a disk image (a grown, sparse copy; the image is never changed) under "
-        "QEMU/TCG with OVMF Secure Boot, the key set's PK/KEK/db enrolled, and swtpm. Stops when "
-        "--until matches the serial console, on emergency mode/panic, or at --timeout. Exit 0 "
-        "only if --until matched. Needs root.",
+        description="Boot a disk image under QEMU/TCG with OVMF Secure Boot, the key set's "
+        "PK/KEK/db enrolled, and swtpm, through a grown qcow2 overlay (the image is never "
+        "changed). Stops when --until matches the serial console, on emergency mode/panic, or "
+        "at --timeout. Exit 0 only if --until matched. Needs root.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = actions.add_parser("run", help="boot IMAGE and watch its serial console")
@@ -28,7 +28,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--keys", type=Path, required=True, help="key set directory (keys init)")
     run.add_argument("--until", default=r"login: ", help="regex that ends the boot successfully")
     run.add_argument("--timeout", type=float, default=420.0, help="seconds (default 420)")
-    run.add_argument("--disk-size", default="8G", help="size of the booted disk copy")
+    run.add_argument(
+        "--disk-size",
+        default="8G",
+        help="virtual size of the booted disk (first boot grows into it)",
+    )
     run.add_argument("--workdir", type=Path, help="keep the VM files here (default: temporary)")
     run.set_defaults(func=run_vm)
 
@@ -46,7 +50,7 @@ def run_vm(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="uv-vm-", dir="/var/tmp") as temporary:
         work = args.workdir or Path(temporary)
         result = boot(config, re.compile(args.until), work, tools())
-        print(result.console()[-4000:])
+        print(result.console()[-4000:] if result.ok else result.explain(4000))
         print(
             f"verdict: {result.verdict} after {result.seconds:.0f} s (serial log {result.serial})"
         )

@@ -2,8 +2,9 @@
 
 The line is TESTBED.md's: q35 with SMM, the secboot OVMF build, vars made with virt-fw-vars
 (Secure Boot enabled with our keys, not setup mode), swtpm as TPM 2.0, the image as a
-virtio disk. The image is never altered: a sparse copy, grown to `disk_size` because first boot
-creates root and the B slots, is what boots. The serial console goes to a file that is watched
+virtio disk. The image is never altered: a qcow2 overlay on it, grown to `disk_size` because
+first boot creates root and the B slots, is what boots (no copy: a few MiB per boot, whatever
+the image's size). The serial console goes to a file that is watched
 for a verdict; the VM's whole process group is stopped as soon as one is seen or time runs out.
 """
 
@@ -39,14 +40,27 @@ class BootResult:
     verdict: str  # "matched", "failed" (emergency/panic/refused), "timeout", "exited"
     seconds: float
     serial: Path
+    log: Path  # what the VM script itself printed (virt-fw-vars, cp, swtpm, qemu)
 
     @property
     def ok(self) -> bool:
         return self.verdict == "matched"
 
     def console(self) -> str:
+        """The serial console without escape sequences; empty if the VM never wrote one."""
+        if not self.serial.exists():
+            return ""
         raw = self.serial.read_bytes().decode("utf-8", errors="replace")
         return re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", raw).replace("\r", "")
+
+    def explain(self, tail: int = 3000) -> str:
+        """Verdict, the VM script's output (why QEMU never started, say), the console tail."""
+        script = self.log.read_text(errors="replace")[-tail:] if self.log.exists() else ""
+        return (
+            f"{self.verdict} after {self.seconds:.0f} s\n"
+            f"--- VM script output ({self.log}):\n{script}\n"
+            f"--- serial console ({self.serial}):\n{self.console()[-tail:]}"
+        )
 
 
 def _script(config: VmConfig, work: Path) -> str:
@@ -57,8 +71,7 @@ cd {q(str(work))}
 virt-fw-vars --input {OVMF_VARS} --output vars.fd --set-pk {guid} {q(str(config.pk))} \\
     --add-kek {guid} {q(str(config.kek))} --add-db {guid} {q(str(config.db))} \\
     --no-microsoft --secure-boot >/dev/null
-cp --sparse=always {q(str(config.image))} disk.raw
-truncate -s {q(config.disk_size)} disk.raw
+qemu-img create -q -f qcow2 -b {q(str(config.image))} -F raw disk.qcow2 {q(config.disk_size)}
 mkdir -p tpm
 swtpm socket --tpm2 --tpmstate dir=tpm --ctrl type=unixio,path=swtpm.sock \\
     --flags not-need-init,startup-clear &
@@ -69,7 +82,7 @@ exec qemu-system-x86_64 -machine q35,smm=on -accel tcg,thread=multi -cpu max -sm
     -drive if=pflash,format=raw,unit=1,file=vars.fd \\
     -chardev socket,id=chrtpm,path=swtpm.sock -tpmdev emulator,id=tpm0,chardev=chrtpm \\
     -device tpm-tis,tpmdev=tpm0 \\
-    -drive if=none,id=disk,format=raw,file=disk.raw \\
+    -drive if=none,id=disk,format=qcow2,file=disk.qcow2 \\
     -device virtio-blk-pci,drive=disk,bootindex=1 \\
     -display none -serial file:serial.log -no-reboot
 """
@@ -81,9 +94,10 @@ def boot(config: VmConfig, until: re.Pattern[str], work: Path, chroot: ToolsChro
     (work / "vm.sh").write_text(_script(config, work))
     serial = work / "serial.log"
     serial.unlink(missing_ok=True)
+    log = work / "vm.log"
     binds = {work, config.image.parent, config.pk.parent, config.kek.parent, config.db.parent}
     started = time.monotonic()
-    vm = chroot.spawn(["sh", str(work / "vm.sh")], log=work / "vm.log", binds=sorted(binds))
+    vm = chroot.spawn(["sh", str(work / "vm.sh")], log=log, binds=sorted(binds))
     verdict = "timeout"
     try:
         while time.monotonic() - started < config.timeout:
@@ -100,4 +114,4 @@ def boot(config: VmConfig, until: re.Pattern[str], work: Path, chroot: ToolsChro
             time.sleep(1.0)
     finally:
         vm.stop()
-    return BootResult(verdict, time.monotonic() - started, serial)
+    return BootResult(verdict, time.monotonic() - started, serial, log)

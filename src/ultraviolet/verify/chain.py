@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ultraviolet.diskimage import HASH_WORKERS, DiskImage, open_disk_image
+from ultraviolet.diskimage import HASH_WORKERS, UKI_DIRECTORY, DiskImage, open_disk_image, uki_paths
 from ultraviolet.errors import FormatError
 from ultraviolet.formats.authenticode import verify_authenticode
 from ultraviolet.formats.fat import FatVolume
@@ -33,7 +33,6 @@ from ultraviolet.verify.report import (
 )
 
 BOOTLOADER_PATHS = ("EFI/systemd/systemd-bootx64.efi", "EFI/BOOT/BOOTX64.EFI")
-UKI_DIRECTORY = "EFI/Linux"
 
 
 @dataclass(frozen=True)
@@ -222,18 +221,13 @@ def _check_ukis(
     if not volume.exists(UKI_DIRECTORY):
         yield failed("uki.present", f"no {UKI_DIRECTORY} directory in the ESP")
         return
-    names = [
-        e.name
-        for e in volume.listdir(UKI_DIRECTORY)
-        if not e.is_dir and e.name.lower().endswith(".efi")
-    ]
-    if not names:
+    paths = uki_paths(volume)
+    if not paths:
         yield failed("uki.present", f"no UKI in {UKI_DIRECTORY}")
         return
-    yield passed("uki.present", f"{len(names)} UKI(s) in {UKI_DIRECTORY}")
+    yield passed("uki.present", f"{len(paths)} UKI(s) in {UKI_DIRECTORY}")
     signed_hashes = {slot.root_hash: slot for slot in slots}
-    for name in sorted(names):
-        path = f"{UKI_DIRECTORY}/{name}"
+    for path in paths:
         image = volume.read_file(path)
         yield _signature_result("uki.signature", image, trusted, path)
         yield _check_usrhash(image, signed_hashes, path)

@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from ultraviolet.diskimage import HASH_WORKERS, DiskImage, open_disk_image
+from ultraviolet.diskimage import HASH_WORKERS, DiskImage, open_disk_image, uki_paths
 from ultraviolet.errors import FormatError
 from ultraviolet.formats.bls import BootEntryName
 from ultraviolet.formats.fat import FatVolume
@@ -21,7 +21,7 @@ from ultraviolet.formats.gpt import GptPartition, root_hash_partition_uuids
 from ultraviolet.formats.uki import parse_uki
 from ultraviolet.formats.verity import VeritySuperblock, verify_hash_device
 from ultraviolet.formats.veritysig import parse_verity_sig, verify_verity_sig
-from ultraviolet.verify.chain import BOOTLOADER_PATHS, UKI_DIRECTORY
+from ultraviolet.verify.chain import BOOTLOADER_PATHS
 
 OS_RELEASE_KEYS = ("ID", "VERSION_ID", "PRETTY_NAME", "IMAGE_ID", "IMAGE_VERSION")
 
@@ -149,12 +149,7 @@ def _esp_info(image: DiskImage) -> dict[str, Any] | None:
         volume = FatVolume.parse(image.partition_bytes(esp), base=esp.start)
     except FormatError as exc:
         return {"partition": esp.number, "error": str(exc)}
-    ukis = []
-    if volume.exists(UKI_DIRECTORY):
-        for entry in volume.listdir(UKI_DIRECTORY):
-            if not entry.is_dir and entry.name.lower().endswith(".efi"):
-                path = f"{UKI_DIRECTORY}/{entry.name}"
-                ukis.append(_uki_info(path, volume.read_file(path)))
+    ukis = [_uki_info(path, volume.read_file(path)) for path in uki_paths(volume)]
     return {
         "partition": esp.number,
         "boot_loader": [p for p in BOOTLOADER_PATHS if volume.exists(p)],
