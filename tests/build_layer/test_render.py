@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ultraviolet.build.mkosi import tree_digest
 from ultraviolet.build.render import build_repart, mkosi_conf, render_tree
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.ipe import parse_ipe
@@ -22,17 +23,16 @@ def test_example_tree(tmp_path: Path) -> None:
     assert conf.get("Output", "ImageId") == "container-host"
     assert conf.get("Output", "ImageVersion") == "1.0.0"
     assert {"containerd", "runc", "linux-image-amd64"} <= set(conf.get_all("Content", "Packages"))
-    assert conf.get("Content", "KernelCommandLine") == (
-        "console=ttyS0 systemd.firstboot=no rw rootflags=noexec,nosuid,nodev quiet"
-    )
+    # The policy's command line goes into the UKI after mkosi, not into the mkosi tree.
+    assert conf.get("Content", "KernelCommandLine") == "console=ttyS0 systemd.firstboot=no rw"
+    assert rendered.cmdline == ("rootflags=noexec,nosuid,nodev", "quiet")
     assert (tmp_path / "tree" / "mkosi.finalize").stat().st_mode & 0o111
     extra = tmp_path / "tree" / "mkosi.extra" / "usr" / "lib"
     assert (extra / "repart.d" / "50-root.conf").is_file()
     assert (extra / "sysupdate.d" / "60-uki.transfer").is_file()
     assert rendered.ipe_policy is not None
-    assert parse_ipe((extra / "ultraviolet" / "ipe" / "policy.txt").read_text()).name == (
-        "container-host"
-    )
+    assert parse_ipe(rendered.ipe_policy).name == "container-host"
+    assert not (extra / "ultraviolet").exists()  # the IPE policy travels in the initrd
     sources = tmp_path / "tree" / "mkosi.sandbox" / "etc" / "apt" / "sources.list.d"
     assert (sources / "mkosi.sources").is_file()
 
@@ -65,3 +65,22 @@ def test_extra_tree_is_copied(tmp_path: Path) -> None:
     (tmp_path / "files" / "usr" / "share" / "motd").write_text("hi")
     render_tree(load_policy(node), tmp_path / "tree")
     assert (tmp_path / "tree" / "mkosi.extra" / "usr" / "share" / "motd").read_text() == "hi"
+
+
+def test_uki_only_changes_keep_the_tree_digest(tmp_path: Path) -> None:
+    """What lets a policy-only rebuild reuse mkosi's /usr: the command line and the IPE rules
+    are not part of the mkosi tree; packages are."""
+    base = '[image]\nname = "n"\nversion = "1.0"\n'
+    variants = {
+        "base": base,
+        "cmdline": base + '[boot]\ncmdline = ["quiet", "loglevel=3"]\n',
+        "ipe": base + '[integrity]\nipe_mode = "audit"\nfirmware = "any"\n',
+        "packages": base.replace('version = "1.0"', 'version = "1.0"\npackages = ["jq"]'),
+    }
+    digests = {}
+    for name, text in variants.items():
+        rendered = render_tree(parse_policy(text), tmp_path / name)
+        digests[name] = tree_digest(rendered.directory)
+    assert digests["cmdline"] == digests["base"]
+    assert digests["ipe"] == digests["base"]
+    assert digests["packages"] != digests["base"]

@@ -14,7 +14,7 @@ from ultraviolet.build.keyset import KeySet
 from ultraviolet.build.node import BuildResult, build_cached_node
 from ultraviolet.cli import main
 from ultraviolet.formats.pkcs7 import parse_signed_data, verify_signed_data
-from ultraviolet.policy import load_policy
+from ultraviolet.policy import load_policy, parse_policy
 from ultraviolet.tools import ToolsChroot
 
 pytestmark = pytest.mark.build
@@ -32,8 +32,15 @@ def test_release_verifies(
 ) -> None:
     result, keys = example_build
     db = keys.signer("db").certificate_path
-    assert main(["verify", str(result.image), "--trust", str(db)]) == 0
-    assert "Verdict: PASSED" in capsys.readouterr().out
+    command = ["verify", "--json", str(result.image), "--trust", str(db)]
+    assert main([*command, "--policy", str(EXAMPLE), "--reference", str(result.reference)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    statuses = {(r["id"], r["status"]) for r in report["results"]}
+    for check in ("ipe.present", "ipe.signature", "ipe.policy", "pcr11.reference"):
+        assert (check, "pass") in statuses, check
+    for check in ("reference.uki", "reference.usr", "reference.policy"):
+        assert (check, "pass") in statuses, check
+    assert all(r["status"] == "pass" for r in report["results"]), report
     assert main(["inspect", "--json", str(result.image)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert [p["type"] for p in info["partitions"]] == ["esp", "usr", "usr-verity", "usr-verity-sig"]
@@ -110,16 +117,11 @@ def test_profiles_and_esp_name(
 def test_image_carries_policy_files(
     example_build: tuple[BuildResult, KeySet], tools_chroot: ToolsChroot, tmp_path: Path
 ) -> None:
-    result, keys = example_build
+    result, _ = example_build
     usr = result.release / "container-host_1.0.0.usr.raw"
     out = tmp_path / "usr"
     tools_chroot.run(["fsck.erofs", f"--extract={out}", str(usr)], binds=[tmp_path, usr.parent])
-    ipe = out / "lib" / "ultraviolet" / "ipe"
-    text = (ipe / "policy.txt").read_text()
-    assert text.startswith("policy_name=container-host policy_version=1.0.0")
-    signed = parse_signed_data((ipe / "policy.p7s").read_bytes())
-    assert signed.content == text.encode()
-    assert verify_signed_data(signed, [keys.signer("ipe").certificate]).ok
+    assert not (out / "lib" / "ultraviolet").exists()  # the IPE policy is in the UKI's initrd
     assert (out / "lib" / "repart.d" / "50-root.conf").is_file()
     assert (out / "lib" / "sysupdate.d" / "60-uki.transfer").is_file()
     assert (out / "bin" / "containerd").is_file()
@@ -156,3 +158,33 @@ def test_uki_hands_the_root_hash_signature_to_the_kernel(
         signed, [keys.signer("verity").certificate], detached_content=root_hash.encode()
     )
     assert check.ok
+
+
+def test_policy_only_change_reuses_usr_and_resigns_the_uki(
+    example_build: tuple[BuildResult, KeySet], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another command line word and an audit-mode IPE policy: mkosi does not run again (same
+    /usr, same root hash), the new UKI carries both changes and the new release verifies
+    against the changed policy and its own reference values, not against the old ones."""
+    result, keys = example_build
+    text = EXAMPLE.read_text()
+    changed = text.replace('cmdline = ["quiet"]', 'cmdline = ["quiet", "loglevel=4"]')
+    changed = changed.replace('ipe_mode = "enforce"', 'ipe_mode = "audit"')
+    assert changed.count("loglevel=4") == 1 and 'ipe_mode = "audit"' in changed
+    variant = parse_policy(changed, source=str(EXAMPLE))
+    lines: list[str] = []
+    rebuilt, _ = build_cached_node(variant, progress=lines.append)
+    assert any(line.startswith("reused the mkosi build") for line in lines), lines
+    old, new = (json.loads(r.reference.read_text()) for r in (result, rebuilt))
+    assert new["usr_root_hash"] == old["usr_root_hash"]
+    assert new["uki"]["authenticode_sha256"] != old["uki"]["authenticode_sha256"]
+    assert new["pcr11"] != old["pcr11"]
+    assert " loglevel=4 " in new["uki"]["cmdline"]
+    db = str(keys.signer("db").certificate_path)
+    image = str(rebuilt.image)
+    assert main(["verify", image, "--trust", db, "--reference", str(rebuilt.reference)]) == 0
+    capsys.readouterr()
+    assert main(["verify", image, "--trust", db, "--reference", str(result.reference)]) == 1
+    assert "pcr11.reference" in capsys.readouterr().out
+    assert main(["verify", image, "--trust", db, "--policy", str(EXAMPLE)]) == 1
+    assert "mode is audit, the node policy says enforce" in capsys.readouterr().out

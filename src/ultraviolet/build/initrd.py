@@ -10,12 +10,16 @@ concatenated archives in order). It carries what must act before /usr is the rea
 from __future__ import annotations
 
 from ultraviolet.build.definitions import first_boot_repart
-from ultraviolet.build.ipe import build_ipe_policy
 from ultraviolet.formats.cpio import CpioEntry, write_cpio
 from ultraviolet.formats.unitfile import render_unit, unit
+from ultraviolet.policy.ipe import (
+    INITRD_IPE_DIRECTORY,
+    INITRD_IPE_MODE,
+    INITRD_IPE_POLICY,
+    build_ipe_policy,
+)
 from ultraviolet.policy.model import NodePolicy
 
-IPE_DIR = "usr/lib/ultraviolet/ipe"
 LOADER = "usr/lib/ultraviolet/ipe-load"
 SERVICE = "ultraviolet-ipe.service"
 
@@ -86,9 +90,9 @@ def initrd_extension(policy: NodePolicy, ipe_signed: bytes | None) -> bytes:
     ipe = build_ipe_policy(policy)
     if ipe is not None and ipe_signed is not None:
         files += [
-            CpioEntry.file(f"{IPE_DIR}/policy.p7s", ipe_signed),
-            CpioEntry.file(f"{IPE_DIR}/name", ipe.name.encode() + b"\n"),
-            CpioEntry.file(f"{IPE_DIR}/mode", policy.integrity.ipe_mode.encode() + b"\n"),
+            CpioEntry.file(INITRD_IPE_POLICY, ipe_signed),
+            CpioEntry.file(f"{INITRD_IPE_DIRECTORY}/name", ipe.name.encode() + b"\n"),
+            CpioEntry.file(INITRD_IPE_MODE, policy.integrity.ipe_mode.encode() + b"\n"),
             CpioEntry.file(LOADER, LOADER_SCRIPT.encode(), 0o755),
             CpioEntry.file(f"usr/lib/systemd/system/{SERVICE}", _loader_unit().encode()),
             CpioEntry.symlink(

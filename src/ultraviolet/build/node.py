@@ -16,14 +16,14 @@ from pathlib import Path
 
 from ultraviolet.build.initrd import initrd_extension
 from ultraviolet.build.keyset import KeySet, init_keys, load_keys
-from ultraviolet.build.mkosi import run_mkosi, tree_digest
+from ultraviolet.build.mkosi import MkosiOutputs, run_mkosi_reusing, tree_digest
 from ultraviolet.build.release import (
     collect_release,
     reference_values,
     write_manifest,
     write_reference,
 )
-from ultraviolet.build.render import IPE_DIRECTORY, render_tree
+from ultraviolet.build.render import render_tree
 from ultraviolet.build.rootsig import PROFILE_OPTIONS, finalize_uki
 from ultraviolet.build.truths import check_usr
 from ultraviolet.errors import BuildError
@@ -33,7 +33,7 @@ from ultraviolet.tools import cache_dir, tools
 
 Progress = Callable[[str], None]
 # Part of the cache key of cached builds: bump when the build pipeline changes its output.
-PIPELINE_VERSION = 8
+PIPELINE_VERSION = 9
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,6 @@ class BuildResult:
     image: Path
     uki: Path
     reference: Path
-
-
-def _sign_ipe(text: str, keys: KeySet, extra: Path) -> bytes:
-    signer = keys.signer("ipe")
-    signed = sign_ipe(text, signer.pair.key, signer.pair.certificate)
-    (extra / IPE_DIRECTORY / "policy.p7s").write_bytes(signed)
-    return signed
 
 
 def _check_truths(policy: NodePolicy, usr_partition: Path, output: Path) -> None:
@@ -66,47 +59,73 @@ def _check_truths(policy: NodePolicy, usr_partition: Path, output: Path) -> None
 
 
 def build_node(
-    policy: NodePolicy, output: Path, keys: KeySet, *, progress: Progress | None = None
+    policy: NodePolicy,
+    output: Path,
+    keys: KeySet,
+    *,
+    release: Path | None = None,
+    progress: Progress | None = None,
 ) -> BuildResult:
+    """Build (or rebuild) the node image of `policy` into `output` (the release into
+    `release`, default OUT/release). mkosi runs only when what shapes /usr changed; the UKI
+    (command line, IPE policy, profiles, signatures) and the release are made every time."""
     say = progress or (lambda line: None)
     say(f"rendering the mkosi tree for {policy.image.name} {policy.image.version}")
     rendered = render_tree(policy, output / "tree")
     ipe_signed = None
     if rendered.ipe_policy:
-        ipe_signed = _sign_ipe(rendered.ipe_policy, keys, rendered.directory / "mkosi.extra")
-    say("running mkosi (packages, /usr, verity, UKI, signatures)")
-    key_path, certificate_path = keys.signer("db").tool_arguments()
-    outputs = run_mkosi(
-        rendered.directory,
-        output / "mkosi",
-        Path(key_path),
-        Path(certificate_path),
-        progress=progress,
-    )
-    if outputs.uki is None:
-        raise BuildError(f"mkosi produced no UKI in {outputs.directory}")
+        signer = keys.signer("ipe")
+        ipe_signed = sign_ipe(rendered.ipe_policy, signer.pair.key, signer.pair.certificate)
     stem = f"{policy.image.name}_{policy.image.version}"
-    say("checking /usr: no set-id bits, file capabilities or device nodes")
-    _check_truths(policy, outputs.directory / f"{stem}.usr.raw", output)
-    say("UKI: root-hash signature on the command line, profiles, Secure Boot signature")
+    outputs = _mkosi_stage(policy, rendered.directory, output, keys, say)
+    say("release: image, split usr partitions")
+    release = release or output / "release"
+    files = collect_release(outputs, stem, release)
+    image = release / outputs.image.name
+    uki = release / f"{stem}.efi"
+    say("UKI: command line, root-hash signature, IPE policy, profiles, Secure Boot signature")
     finalize_uki(
-        outputs.image,
-        outputs.uki,
-        name=f"{stem}.efi",
+        image,
+        uki,
+        name=uki.name,
         profiles=[PROFILE_OPTIONS[p] for p in policy.boot.profiles if p != "main"],
         initrd_extra=initrd_extension(policy, ipe_signed),
+        cmdline_extra=rendered.cmdline,
         verity=keys.signer("verity"),
         secure_boot=keys.signer("db"),
         chroot=tools(),
     )
-    release = output / "release"
-    files = collect_release(outputs, stem, release)
-    write_manifest(release, files, keys)
-    image = release / outputs.image.name
-    uki = release / outputs.uki.name
+    say("manifest (SHA256SUMS, signed) and reference values")
+    write_manifest(release, [*files, uki], keys)
     reference = write_reference(release, reference_values(policy, image, uki, keys, ipe_signed))
     say(f"release written to {release}")
     return BuildResult(release, image, uki, reference)
+
+
+def _mkosi_stage(
+    policy: NodePolicy, tree: Path, output: Path, keys: KeySet, say: Progress
+) -> MkosiOutputs:
+    key_path, certificate_path = keys.signer("db").tool_arguments()
+    stem = f"{policy.image.name}_{policy.image.version}"
+
+    def check_truths(outputs: MkosiOutputs) -> None:
+        say("checking /usr: no set-id bits, file capabilities or device nodes")
+        _check_truths(policy, outputs.directory / f"{stem}.usr.raw", output)
+
+    say("running mkosi (packages, /usr, verity, UKI) unless /usr is unchanged")
+    outputs, reused = run_mkosi_reusing(
+        tree,
+        output / "mkosi",
+        Path(key_path),
+        Path(certificate_path),
+        check=check_truths,
+        progress=say,
+    )
+    if reused:
+        say(f"reused the mkosi build in {outputs.directory}: /usr unchanged")
+    if outputs.uki is None:
+        raise BuildError(f"mkosi produced no UKI in {outputs.directory}")
+    return outputs
 
 
 def example_policy_path(name: str = "container-host") -> Path:
@@ -120,20 +139,25 @@ def example_policy_path(name: str = "container-host") -> Path:
 def build_cached_node(
     policy: NodePolicy, *, rebuild: bool = False, progress: Progress | None = None
 ) -> tuple[BuildResult, KeySet]:
-    """Build once per rendered-tree content into the cache directory (keys generated there);
-    the demo and the build tests share it."""
+    """Build into the cache directory (keys generated there), one directory per mkosi tree, so
+    that policies differing only in what the UKI carries share the mkosi build, with one
+    release per node policy. The demo and the build tests share it."""
     with tempfile.TemporaryDirectory(prefix="uv-render-") as probe:
         digest = tree_digest(render_tree(policy, Path(probe) / "tree").directory)[:16]
     output = cache_dir() / "node-builds" / f"{policy.image.name}-{digest}-p{PIPELINE_VERSION}"
-    done = output / ".complete"
-    if rebuild or not done.exists():
+    release = output / f"release-{policy.digest[:16]}"
+    done = output / f".complete-{policy.digest[:16]}"
+    if rebuild:
         shutil.rmtree(output, ignore_errors=True)
+    if not (output / "keys").exists():
         init_keys(output / "keys")
-        build_node(policy, output, load_keys(output / "keys"), progress=progress)
+    keys = load_keys(output / "keys")
+    if not done.exists():
+        result = build_node(policy, output, keys, release=release, progress=progress)
         done.write_text("ok\n")
+        return result, keys
     stem = f"{policy.image.name}_{policy.image.version}"
-    release = output / "release"
     result = BuildResult(
         release, release / f"{stem}.raw", release / f"{stem}.efi", release / "reference.json"
     )
-    return result, load_keys(output / "keys")
+    return result, keys

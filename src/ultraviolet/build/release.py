@@ -10,10 +10,8 @@ release/reference.json                   what a node running this release must s
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
@@ -22,7 +20,8 @@ from ultraviolet.build.mkosi import MkosiOutputs
 from ultraviolet.diskimage import map_file, open_disk_image
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.authenticode import authenticode_digest
-from ultraviolet.formats.pcr import predict_pcr11
+from ultraviolet.formats.pcr import predicted_pcr11
+from ultraviolet.formats.reference import Reference, render_reference
 from ultraviolet.formats.uki import parse_uki
 from ultraviolet.formats.veritysig import parse_verity_sig
 from ultraviolet.policy.model import NodePolicy
@@ -38,26 +37,36 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(keys: KeySet, role: str) -> str:
+def _fingerprint(keys: KeySet, role: str) -> bytes:
     der = keys.signer(role).certificate.public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(der).hexdigest()
+    return hashlib.sha256(der).digest()
 
 
 def collect_release(outputs: MkosiOutputs, stem: str, release: Path) -> list[Path]:
-    """Copy the image, UKI and split usr partitions into `release`."""
-    release.mkdir(parents=True, exist_ok=True)
-    wanted = [outputs.image, *(outputs.directory / (stem + s) for s in SPLIT_SUFFIXES)]
-    if outputs.uki is None:
-        raise BuildError(f"mkosi produced no UKI in {outputs.directory}")
-    wanted.append(outputs.uki)
-    copied = []
-    for path in wanted:
+    """The image (copied: the UKI is finalized into it, so mkosi's outputs stay reusable) and
+    the split usr partitions (hard-linked where possible: nothing writes to them) in `release`,
+    a fresh directory."""
+    shutil.rmtree(release, ignore_errors=True)
+    release.mkdir(parents=True)
+    splits = [outputs.directory / (stem + suffix) for suffix in SPLIT_SUFFIXES]
+    collected = []
+    for path in [outputs.image, *splits]:
         if not path.is_file():
             raise BuildError(f"mkosi output {path.name} is missing")
         target = release / path.name
-        shutil.copyfile(path, target)
-        copied.append(target)
-    return copied
+        if path in splits:
+            _link_or_copy(path, target)
+        else:
+            shutil.copyfile(path, target)
+        collected.append(target)
+    return collected
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        target.hardlink_to(source)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
 
 
 def write_manifest(release: Path, files: list[Path], keys: KeySet) -> None:
@@ -68,46 +77,35 @@ def write_manifest(release: Path, files: list[Path], keys: KeySet) -> None:
     (release / "SHA256SUMS.p7s").write_bytes(signature)
 
 
-def _usr_root_hash(image: Path) -> str:
+def _usr_root_hash(image: Path) -> bytes:
     with open_disk_image(image) as disk:
         signatures = disk.partitions_of_type("usr-verity-sig")
         if len(signatures) != 1:
             raise BuildError(f"{image}: expected one usr-verity-sig partition")
-        return parse_verity_sig(disk.partition_bytes(signatures[0])).root_hash.hex()
+        return parse_verity_sig(disk.partition_bytes(signatures[0])).root_hash
 
 
 def reference_values(
     policy: NodePolicy, image: Path, uki: Path, keys: KeySet, ipe_signed: bytes | None
-) -> dict[str, Any]:
+) -> Reference:
     with map_file(uki) as data:
         parsed = parse_uki(data)
-        phases = {"main": predict_pcr11(parsed)}
-        for profile in parsed.profiles:
-            phases[profile.id or f"profile-{profile.number}"] = predict_pcr11(
-                parsed, profile=profile.number
-            )
         uki_digest = authenticode_digest(data)
-    return {
-        "image": {"name": policy.image.name, "version": policy.image.version},
-        "usr_root_hash": _usr_root_hash(image),
-        "certificates": {
-            role: _fingerprint(keys, role) for role in ("db", "verity", "ipe", "update")
-        },
-        "uki": {
-            "file": uki.name,
-            "authenticode_sha256": uki_digest.hex(),
-            "cmdline": parsed.cmdline,
-        },
-        "ipe_policy_sha256": hashlib.sha256(ipe_signed).hexdigest() if ipe_signed else None,
-        "node_policy_sha256": policy.digest,
-        "pcr11": {
-            profile: {phase: value.hex() for phase, value in values.items()}
-            for profile, values in phases.items()
-        },
-    }
+    return Reference(
+        name=policy.image.name,
+        version=policy.image.version,
+        usr_root_hash=_usr_root_hash(image),
+        certificates={role: _fingerprint(keys, role) for role in ("db", "verity", "ipe", "update")},
+        uki_file=uki.name,
+        uki_authenticode_sha256=uki_digest,
+        uki_cmdline=parsed.cmdline or "",
+        ipe_policy_sha256=hashlib.sha256(ipe_signed).digest() if ipe_signed else None,
+        node_policy_sha256=bytes.fromhex(policy.digest),
+        pcr11=predicted_pcr11(parsed),
+    )
 
 
-def write_reference(release: Path, reference: dict[str, Any]) -> Path:
+def write_reference(release: Path, reference: Reference) -> Path:
     path = release / "reference.json"
-    path.write_text(json.dumps(reference, indent=2) + "\n")
+    path.write_text(render_reference(reference))
     return path

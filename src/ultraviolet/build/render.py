@@ -12,12 +12,13 @@ from ultraviolet.build.definitions import (
     sysupdate_transfers,
     verity_slot_size,
 )
-from ultraviolet.build.ipe import build_ipe_policy
+from ultraviolet.build.factory import PRESET, factory_etc_script, preset_file
 from ultraviolet.build.mkosi import embedded_tree
 from ultraviolet.build.truths import NOEXEC_CMDLINE, finalize_script
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.ipe import render_ipe
 from ultraviolet.formats.unitfile import UnitFile, render_unit, unit
+from ultraviolet.policy.ipe import build_ipe_policy
 from ultraviolet.policy.model import NodePolicy
 
 BASE_PACKAGES = (
@@ -34,16 +35,25 @@ BASE_PACKAGES = (
     "btrfs-progs",
 )
 RUNTIME_PACKAGES = {"containerd": ("containerd", "runc"), "none": ()}
+RUNTIME_UNITS = {"containerd": ("containerd.service",), "none": ()}
 # rw: without it the fresh root is mounted read-only and /sysroot/usr cannot be created (VM).
 BASE_CMDLINE = ("console=ttyS0", "systemd.firstboot=no", "rw")
 ESP_BYTES = 512 * 1024 * 1024
-IPE_DIRECTORY = "usr/lib/ultraviolet/ipe"
 
 
 @dataclass(frozen=True)
 class RenderedTree:
+    """The mkosi tree (only what shapes /usr and the image) and what the build adds to the UKI
+    afterwards, so that changing the latter reuses the mkosi build."""
+
     directory: Path
-    ipe_policy: str | None  # the policy text, signed at build time
+    ipe_policy: str | None  # the policy text, signed at build time, shipped in the initrd
+    cmdline: tuple[str, ...]  # words appended to the UKI command line
+
+
+def policy_cmdline(policy: NodePolicy) -> tuple[str, ...]:
+    noexec = NOEXEC_CMDLINE if policy.integrity.writable_noexec else ()
+    return (*noexec, *policy.boot.cmdline)
 
 
 def _packages(policy: NodePolicy) -> list[str]:
@@ -65,9 +75,7 @@ def mkosi_conf(policy: NodePolicy) -> UnitFile:
         ("Hostname", policy.hostname),
     ]
     content += [("Packages", package) for package in _packages(policy)]
-    noexec = NOEXEC_CMDLINE if policy.integrity.writable_noexec else ()
-    words = (*BASE_CMDLINE, *noexec, *policy.boot.cmdline)
-    content.append(("KernelCommandLine", " ".join(words)))
+    content.append(("KernelCommandLine", " ".join(BASE_CMDLINE)))
     validation = [("SecureBoot", "yes" if policy.boot.secure_boot else "no"), ("Verity", "yes")]
     if policy.boot.secure_boot_auto_enroll:
         validation.append(("SecureBootAutoEnroll", "yes"))
@@ -181,20 +189,20 @@ def render_tree(policy: NodePolicy, directory: Path) -> RenderedTree:
     _write_units(extra / "usr/lib/repart.d", first_boot_repart(policy))
     if policy.update.source:
         _write_units(extra / "usr/lib/sysupdate.d", sysupdate_transfers(policy))
-    ipe = build_ipe_policy(policy)
-    ipe_text = render_ipe(ipe) if ipe else None
-    if ipe_text:
-        (extra / IPE_DIRECTORY).mkdir(parents=True)
-        (extra / IPE_DIRECTORY / "policy.txt").write_text(ipe_text)
-        (extra / IPE_DIRECTORY / "mode").write_text(policy.integrity.ipe_mode + "\n")
     script = directory / "mkosi.finalize"
     script.write_text(
         finalize_script(policy.integrity.suid_allow, policy.integrity.capabilities_allow)
+        + factory_etc_script()
     )
+    units = RUNTIME_UNITS[policy.workloads.container_runtime]
+    if units:
+        (extra / PRESET).parent.mkdir(parents=True, exist_ok=True)
+        (extra / PRESET).write_text(preset_file(units))
     script.chmod(0o755)
     _copy_sandbox(directory)
     _copy_extra_tree(policy, extra)
-    return RenderedTree(directory, ipe_text)
+    ipe = build_ipe_policy(policy)
+    return RenderedTree(directory, render_ipe(ipe) if ipe else None, policy_cmdline(policy))
 
 
 def _copy_sandbox(directory: Path) -> None:

@@ -97,17 +97,18 @@ def reassemble_uki(
     option: str,
     profiles: Sequence[ExtraProfile] = (),
     initrd_extra: bytes = b"",
+    cmdline_extra: Sequence[str] = (),
 ) -> bytes:
-    """The UKI's base sections again, on the bare stub, with `option` added to .cmdline and
-    `initrd_extra` (a cpio) appended to .initrd; with `profiles`, a main profile and one
-    profile per entry whose .cmdline adds its options."""
+    """The UKI's base sections again, on the bare stub, with `cmdline_extra` and `option` added
+    to .cmdline and `initrd_extra` (a cpio) appended to .initrd; with `profiles`, a main profile
+    and one profile per entry whose .cmdline adds its options."""
     parsed = parse_uki(uki)
     if parsed.profiles:
         raise BuildError("the UKI already has profiles; expected mkosi's single-profile UKI")
     cmdline = parsed.cmdline
     if cmdline is None:
         raise BuildError("the UKI has no .cmdline to add the root-hash signature to")
-    cmdline = with_option(cmdline, option)
+    cmdline = with_option(" ".join([cmdline, *cmdline_extra]), option)
     if initrd_extra and parsed.section(".initrd") is None:
         raise BuildError("the UKI has no .initrd to extend")
     sections = [
@@ -131,6 +132,7 @@ def finalize_uki(
     name: str,
     profiles: Sequence[ExtraProfile],
     initrd_extra: bytes,
+    cmdline_extra: Sequence[str],
     verity: Signer,
     secure_boot: Signer,
     chroot: ToolsChroot,
@@ -141,7 +143,9 @@ def finalize_uki(
     stub = (chroot.root / STUB).read_bytes()
     unsigned = uki_out.with_suffix(".unsigned.efi")
     option = root_hash_option(root_hash, verity)
-    unsigned.write_bytes(reassemble_uki(current, stub, option, profiles, initrd_extra))
+    unsigned.write_bytes(
+        reassemble_uki(current, stub, option, profiles, initrd_extra, cmdline_extra)
+    )
     key, certificate = secure_boot.tool_arguments()
     chroot.run(
         [

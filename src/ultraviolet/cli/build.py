@@ -11,6 +11,8 @@ from ultraviolet.build.keyset import MANIFEST, init_keys, load_keys
 from ultraviolet.build.node import build_node
 from ultraviolet.policy import load_policy
 from ultraviolet.verify.chain import verify_image
+from ultraviolet.verify.measured import Expectations
+from ultraviolet.verify.trust import load_reference
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         _say(f"created a new key set in {key_directory}")
     keys = load_keys(key_directory)
     result = build_node(policy, args.output, keys, progress=None if args.quiet else _say)
-    report = verify_image(result.image, [keys.signer("db").certificate])
+    expected = Expectations(policy, load_reference(result.reference))
+    report = verify_image(result.image, [keys.signer("db").certificate], expected)
     print(report.render_text())
     print(f"release: {result.release}\nreference values: {result.reference}")
     return 0 if report.ok else 1

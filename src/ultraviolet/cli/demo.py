@@ -11,6 +11,8 @@ from ultraviolet.build.node import build_cached_node, example_policy_path
 from ultraviolet.policy import load_policy
 from ultraviolet.verify.chain import verify_image
 from ultraviolet.verify.inspect import inspect_image, render_text
+from ultraviolet.verify.measured import Expectations
+from ultraviolet.verify.trust import load_reference
 
 
 def register(subparsers: Any) -> None:
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     db = keys.signer("db").certificate
     print(render_text(inspect_image(result.image, [db])))
     print(f"\nReference values: {result.reference}\n")
-    report = verify_image(result.image, [db])
+    report = verify_image(
+        result.image, [db], Expectations(policy, load_reference(result.reference))
+    )
     print(report.render_text())
     return 0 if report.ok else 1

@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ultraviolet.policy import load_policy
 from ultraviolet.verify.chain import verify_image
-from ultraviolet.verify.trust import load_certificates
+from ultraviolet.verify.measured import Expectations
+from ultraviolet.verify.trust import load_certificates, load_reference
 
 
 def register(subparsers: Any) -> None:
@@ -17,7 +19,10 @@ def register(subparsers: Any) -> None:
         description=(
             "Check a disk image offline: GPT (both headers, CRCs, DPS types), the usr hash tree "
             "against the data, the verity-sig signature, root hash = partition UUIDs = usrhash= "
-            "of every UKI, and the Authenticode signatures of systemd-boot and the UKIs. "
+            "of every UKI, and the Authenticode signatures of systemd-boot and the UKIs; the "
+            "signed IPE policy in each UKI's initrd (against the node policy with --policy); "
+            "with --reference, the release's UKI digest, usr root hash and predicted PCR 11 per "
+            "profile and boot phase against its reference.json. "
             "Exit status: 0 all checks pass, 1 a check failed, 2 unusable input."
         ),
     )
@@ -30,11 +35,24 @@ def register(subparsers: Any) -> None:
         metavar="CERT",
         help="trusted certificate (PEM/DER): Secure Boot db / verity signer; repeatable",
     )
+    parser.add_argument(
+        "--policy", type=Path, metavar="NODE.toml", help="node policy the image must implement"
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="reference.json",
+        help="the release's reference values (from uvctl build)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = verify_image(args.image, load_certificates(args.trust))
+    expected = Expectations(
+        policy=load_policy(args.policy) if args.policy else None,
+        reference=load_reference(args.reference) if args.reference else None,
+    )
+    report = verify_image(args.image, load_certificates(args.trust), expected)
     print(report.render_json() if args.json else report.render_text())
     return 0 if report.ok else 1

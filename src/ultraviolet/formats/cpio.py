@@ -71,29 +71,77 @@ def write_cpio(entries: Sequence[CpioEntry]) -> bytes:
 
 def read_cpio(data: Bytes) -> list[CpioEntry]:
     """The entries of one newc archive (up to its trailer)."""
-    view = bytes(data)
+    return read_cpio_at(data, 0)[0]
+
+
+def read_cpio_at(data: Bytes, start: int) -> tuple[list[CpioEntry], int]:
+    """The entries of the newc archive at `start`, and the offset just past its trailer.
+
+    Works on a view in place: an initrd is 100+ MiB and is scanned for archives at many offsets.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     entries: list[CpioEntry] = []
-    at = 0
+    at = start
     while True:
-        if at + _HEADER_SIZE > len(view):
-            raise CpioError("cpio header", "truncated archive (no trailer)", at)
-        header = view[at : at + _HEADER_SIZE]
-        if header[:6] != MAGIC:
-            raise CpioError("cpio header", f"bad magic {header[:6]!r}", at)
-        try:
-            fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
-        except ValueError:
-            raise CpioError("cpio header", "fields are not hexadecimal", at) from None
-        mode, size, name_size = fields[1], fields[6], fields[11]
-        name_at = at + _HEADER_SIZE
-        data_at = name_at + name_size + (-(_HEADER_SIZE + name_size) % 4)
-        if name_size == 0 or data_at + size > len(view):
-            raise CpioError("cpio entry", "name or data runs past the end", name_at)
-        try:
-            name = view[name_at : name_at + name_size - 1].decode()
-        except UnicodeDecodeError:
-            raise CpioError("cpio entry", "name is not UTF-8", name_at) from None
-        if name == TRAILER:
-            return entries
-        entries.append(CpioEntry(name, mode, view[data_at : data_at + size]))
+        name, mode, data_at, size = _entry_header(view, at)
         at = data_at + size + (-size % 4)
+        if name == TRAILER:
+            return entries, at
+        entries.append(CpioEntry(name, mode, bytes(view[data_at : data_at + size])))
+
+
+def _entry_header(view: Bytes, at: int) -> tuple[str, int, int, int]:
+    """(name, mode, offset of the data, data size) of the entry whose header is at `at`."""
+    if at + _HEADER_SIZE > len(view):
+        raise CpioError("cpio header", "truncated archive (no trailer)", at)
+    header = bytes(view[at : at + _HEADER_SIZE])
+    if header[:6] != MAGIC:
+        raise CpioError("cpio header", f"bad magic {header[:6]!r}", at)
+    try:
+        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+    except ValueError:
+        raise CpioError("cpio header", "fields are not hexadecimal", at) from None
+    mode, size, name_size = fields[1], fields[6], fields[11]
+    name_at = at + _HEADER_SIZE
+    data_at = name_at + name_size + (-(_HEADER_SIZE + name_size) % 4)
+    if name_size == 0 or data_at + size > len(view):
+        raise CpioError("cpio entry", "name or data runs past the end", name_at)
+    try:
+        name = bytes(view[name_at : name_at + name_size - 1]).decode()
+    except UnicodeDecodeError:
+        raise CpioError("cpio entry", "name is not UTF-8", name_at) from None
+    return name, mode, data_at, size
+
+
+@dataclass(frozen=True)
+class CpioArchive:
+    offset: int
+    end: int
+    entries: tuple[CpioEntry, ...]
+
+    def file(self, path: str) -> bytes | None:
+        for entry in self.entries:
+            if entry.path == path and stat.S_ISREG(entry.mode):
+                return entry.data
+        return None
+
+
+def uncompressed_archives(initrd: Bytes) -> list[CpioArchive]:
+    """Every uncompressed newc archive in a concatenated initrd, in order.
+
+    Compressed members (mkosi's zstd initrd) cannot be delimited without decompressing them,
+    so the scan looks for the newc magic and keeps what parses as a whole archive; a chance
+    "070701" inside compressed data does not parse and is passed over.
+    """
+    data = initrd if isinstance(initrd, bytes) else bytes(initrd)
+    found: list[CpioArchive] = []
+    at = data.find(MAGIC)
+    while at >= 0:
+        try:
+            entries, end = read_cpio_at(data, at)
+        except CpioError:
+            at = data.find(MAGIC, at + 1)
+            continue
+        found.append(CpioArchive(at, end, tuple(entries)))
+        at = data.find(MAGIC, end)
+    return found

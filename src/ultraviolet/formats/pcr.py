@@ -74,3 +74,13 @@ def predict_pcr11(
         value = extend(value, hashlib.new(bank, word.encode()).digest(), bank)
         result[path] = value
     return result
+
+
+def predicted_pcr11(uki: Uki, bank: str = "sha256") -> dict[str, dict[str, bytes]]:
+    """PCR 11 per boot phase for the base UKI ("main") and each profile (by its ID= or
+    "profile-N"): what a node booting that entry shows, and what reference.json records."""
+    profiles = {"main": predict_pcr11(uki, bank=bank)}
+    for profile in uki.profiles:
+        key = profile.id or f"profile-{profile.number}"
+        profiles[key] = predict_pcr11(uki, profile=profile.number, bank=bank)
+    return profiles

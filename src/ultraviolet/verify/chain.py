@@ -1,7 +1,8 @@
-"""The offline chain check of a disk image (ARCHITECTURE.md, steps 1-4).
+"""The offline chain check of a disk image (ARCHITECTURE.md, steps 1-6).
 
 GPT -> verity-sig signature -> root hash = partition UUIDs -> hash tree over the usr data ->
-ESP -> systemd-boot and UKIs (Authenticode signature, `usrhash=` equal to a signed root hash).
+ESP -> systemd-boot and UKIs (Authenticode signature, `usrhash=` equal to a signed root hash)
+-> the IPE policy in each UKI's initrd and PCR 11 against reference.json (measured.py).
 Every check yields a CheckResult with a stable id; a failed link makes the links that depend on
 it "skip" rather than disappear, so a report always shows how far trust reached.
 """
@@ -16,12 +17,19 @@ from cryptography import x509
 
 from ultraviolet.diskimage import HASH_WORKERS, UKI_DIRECTORY, DiskImage, open_disk_image, uki_paths
 from ultraviolet.errors import FormatError
-from ultraviolet.formats.authenticode import verify_authenticode
+from ultraviolet.formats.authenticode import authenticode_digest, verify_authenticode
 from ultraviolet.formats.fat import FatVolume
 from ultraviolet.formats.gpt import GptPartition, root_hash_partition_uuids
-from ultraviolet.formats.uki import parse_uki
+from ultraviolet.formats.uki import Uki, parse_uki
 from ultraviolet.formats.verity import verify_hash_device
 from ultraviolet.formats.veritysig import parse_verity_sig, verify_verity_sig
+from ultraviolet.verify.measured import (
+    Expectations,
+    check_ipe,
+    check_reference_policy,
+    check_reference_uki,
+    check_reference_usr,
+)
 from ultraviolet.verify.report import (
     CheckResult,
     Report,
@@ -45,8 +53,12 @@ class SignedUsr:
     tree_ok: bool
 
 
-def verify_image(path: Path, trusted: Sequence[x509.Certificate]) -> Report:
-    """Run every offline check on the disk image at `path` against the trusted certificates."""
+def verify_image(
+    path: Path, trusted: Sequence[x509.Certificate], expected: Expectations | None = None
+) -> Report:
+    """Run every offline check on the disk image at `path` against the trusted certificates
+    and, where given, the node policy and the release's reference values."""
+    expected = expected or Expectations()
     results: list[CheckResult] = []
     slots: list[SignedUsr] = []
     try:
@@ -54,7 +66,8 @@ def verify_image(path: Path, trusted: Sequence[x509.Certificate]) -> Report:
             results.append(passed("gpt.header", "primary GPT header and entries are valid"))
             results.extend(_check_gpt(image))
             results.extend(_check_usr_slots(image, trusted, slots))
-            results.extend(_check_esp(image, trusted, slots))
+            results.extend(_check_esp(image, trusted, slots, expected))
+        results.extend(_check_reference(slots, expected))
     except FormatError as exc:
         # Only the GPT is parsed outside a check of its own: without it nothing else can run.
         results.append(failed("gpt.header", str(exc), offset=exc.offset))
@@ -169,8 +182,19 @@ def _check_tree(
     )
 
 
+def _check_reference(slots: Sequence[SignedUsr], expected: Expectations) -> Iterator[CheckResult]:
+    if expected.reference is None:
+        return
+    yield check_reference_usr([s.root_hash for s in slots if s.signature_ok], expected.reference)
+    if expected.policy is not None:
+        yield check_reference_policy(expected.policy, expected.reference)
+
+
 def _check_esp(
-    image: DiskImage, trusted: Sequence[x509.Certificate], slots: Sequence[SignedUsr]
+    image: DiskImage,
+    trusted: Sequence[x509.Certificate],
+    slots: Sequence[SignedUsr],
+    expected: Expectations,
 ) -> Iterator[CheckResult]:
     esps = image.partitions_of_type("esp")
     if len(esps) != 1:
@@ -184,7 +208,7 @@ def _check_esp(
         return
     yield passed("esp.filesystem", "ESP holds a readable FAT file system")
     yield from _check_bootloader(volume, trusted)
-    yield from _check_ukis(volume, trusted, slots)
+    yield from _check_ukis(volume, trusted, slots, expected)
 
 
 def _check_bootloader(
@@ -216,7 +240,10 @@ def _signature_result(
 
 
 def _check_ukis(
-    volume: FatVolume, trusted: Sequence[x509.Certificate], slots: Sequence[SignedUsr]
+    volume: FatVolume,
+    trusted: Sequence[x509.Certificate],
+    slots: Sequence[SignedUsr],
+    expected: Expectations,
 ) -> Iterator[CheckResult]:
     if not volume.exists(UKI_DIRECTORY):
         yield failed("uki.present", f"no {UKI_DIRECTORY} directory in the ESP")
@@ -230,14 +257,22 @@ def _check_ukis(
     for path in paths:
         image = volume.read_file(path)
         yield _signature_result("uki.signature", image, trusted, path)
-        yield _check_usrhash(image, signed_hashes, path)
+        try:
+            uki = parse_uki(image)
+        except FormatError as exc:
+            yield failed("uki.format", str(exc), path, offset=exc.offset)
+            continue
+        yield _check_usrhash(uki, signed_hashes, path)
+        yield from check_ipe(uki, path, trusted, expected.policy)
+        reference = expected.reference
+        if reference is not None and path.rsplit("/", 1)[-1] == reference.uki_file:
+            yield from check_reference_uki(uki, authenticode_digest(image), path, reference)
+    reference = expected.reference
+    if reference is not None and not any(p.endswith("/" + reference.uki_file) for p in paths):
+        yield failed("reference.uki", f"no {reference.uki_file} (reference.json's UKI) in the ESP")
 
 
-def _check_usrhash(image: bytes, signed: dict[bytes, SignedUsr], subject: str) -> CheckResult:
-    try:
-        uki = parse_uki(image)
-    except FormatError as exc:
-        return failed("uki.format", str(exc), subject, offset=exc.offset)
+def _check_usrhash(uki: Uki, signed: dict[bytes, SignedUsr], subject: str) -> CheckResult:
     if uki.usrhash is None:
         return failed("uki.usrhash", "the UKI command line has no usrhash=", subject)
     try:

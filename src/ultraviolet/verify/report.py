@@ -63,7 +63,13 @@ def failed(
 
 
 def skipped(check_id: str, message: str, subject: str = "") -> CheckResult:
+    """A check that could not run because a link it depends on failed: the verdict fails."""
     return CheckResult(check_id, Status.SKIP, Severity.ERROR, message, subject)
+
+
+def not_applicable(check_id: str, message: str, subject: str = "") -> CheckResult:
+    """A check with nothing to compare against (no node policy given, say): shown, not failed."""
+    return CheckResult(check_id, Status.SKIP, Severity.INFO, message, subject)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,12 @@ from ultraviolet.errors import PolicyError
 from ultraviolet.formats.ipe import IpePolicy, IpeRule
 from ultraviolet.policy.model import NodePolicy
 
+# Where the signed policy and its mode travel inside the UKI's initrd (our appended cpio); the
+# build writes them there, `uvctl verify` and `inspect` read them back.
+INITRD_IPE_DIRECTORY = "usr/lib/ultraviolet/ipe"
+INITRD_IPE_POLICY = f"{INITRD_IPE_DIRECTORY}/policy.p7s"
+INITRD_IPE_MODE = f"{INITRD_IPE_DIRECTORY}/mode"
+
 _NUMERIC = re.compile(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 
 

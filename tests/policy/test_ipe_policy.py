@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ultraviolet.build.ipe import build_ipe_policy, ipe_version
 from ultraviolet.errors import PolicyError
 from ultraviolet.formats.ipe import parse_ipe, render_ipe
 from ultraviolet.policy import parse_policy
+from ultraviolet.policy.ipe import build_ipe_policy, ipe_version
 
 BASE = '[image]\nname = "host"\nversion = "2.5.1"\n'
 

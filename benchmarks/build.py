@@ -1,0 +1,122 @@
+"""`uvctl build` against plain mkosi on the same rendered tree, in the same run.
+
+    python benchmarks/build.py [--policy NODE.toml] [--cold]
+
+1. plain mkosi: `mkosi build` on the tree our renderer wrote for the policy, signed with the
+   same db key (the baseline: what a user of mkosi alone would run);
+2. ours, full: build_node into an empty output directory (mkosi + /usr checks + UKI
+   finalization + release + reference values); overhead = ours / plain - 1 (target <= 5 %);
+3. ours, policy-only: the same output directory after changing only the command line and the
+   IPE mode (mkosi's build is reused; target <= 15 s).
+Warm by default: the package cache is the shared one, as a developer's second build sees it.
+--cold gives each of 1 and 2 an empty package cache (downloads everything; slow).
+Every stage of ours is timed from its progress lines. Nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from ultraviolet.build.keyset import init_keys, load_keys
+from ultraviolet.build.mkosi import run_mkosi
+from ultraviolet.build.node import build_node, example_policy_path
+from ultraviolet.build.render import render_tree
+from ultraviolet.policy import load_policy, parse_policy
+from ultraviolet.policy.model import NodePolicy
+from ultraviolet.tools import tools
+
+
+class StageClock:
+    """Collects (stage, seconds) from build_node's progress lines (mkosi's own lines ignored)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.current = "start"
+        self.stages: list[tuple[str, float]] = []
+
+    STAGES: ClassVar[dict[str, str]] = {
+        "rendering": "render tree",
+        "running mkosi": "mkosi",
+        "checking /usr": "/usr checks",
+        "release:": "copy release",
+        "UKI:": "finalize UKI",
+        "manifest": "manifest+reference",
+    }
+
+    def __call__(self, line: str) -> None:
+        for prefix, stage in self.STAGES.items():
+            if line.startswith(prefix):
+                self.lap(stage)
+
+    def lap(self, next_stage: str) -> None:
+        now = time.perf_counter()
+        self.stages.append((self.current, now - self.started))
+        self.current, self.started = next_stage, now
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def policy_only_variant(policy: NodePolicy) -> NodePolicy:
+    text = Path(policy.source).read_text()
+    changed = text.replace('cmdline = ["quiet"]', 'cmdline = ["quiet", "loglevel=4"]')
+    changed = changed.replace('ipe_mode = "enforce"', 'ipe_mode = "audit"')
+    if changed == text:
+        raise SystemExit("the policy has no cmdline/ipe_mode line to vary")
+    return parse_policy(changed, source=policy.source)
+
+
+def cache_for(work: Path, name: str, cold: bool) -> None:
+    if cold:
+        os.environ["ULTRAVIOLET_PACKAGE_CACHE"] = str(work / f"packages-{name}")
+    else:
+        os.environ.pop("ULTRAVIOLET_PACKAGE_CACHE", None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", type=Path, default=example_policy_path())
+    parser.add_argument("--cold", action="store_true", help="empty package caches")
+    args = parser.parse_args()
+    policy = load_policy(args.policy)
+    tools()  # the chroot exists before anything is timed
+    with tempfile.TemporaryDirectory(prefix="uv-bench-build-", dir="/var/tmp") as temporary:
+        work = Path(temporary)
+        init_keys(work / "keys")
+        keys = load_keys(work / "keys")
+        key, certificate = (Path(p) for p in keys.signer("db").tool_arguments())
+        tree = render_tree(policy, work / "plain-tree").directory
+        cache_for(work, "plain", args.cold)
+        plain = timed(lambda: run_mkosi(tree, work / "plain", key, certificate))
+        cache_for(work, "ours", args.cold)
+        clock = StageClock()
+        ours = timed(lambda: build_node(policy, work / "ours", keys, progress=clock))
+        clock.lap("end")
+        variant = policy_only_variant(policy)
+        again = StageClock()
+        policy_only = timed(lambda: build_node(variant, work / "ours", keys, progress=again))
+        again.lap("end")
+    kind = "cold (empty package caches)" if args.cold else "warm (shared package cache)"
+    print(f"build of {args.policy.name}, {kind}")
+    print(f"  plain mkosi            : {plain:7.1f} s")
+    print(f"  uvctl build            : {ours:7.1f} s   overhead {100 * (ours / plain - 1):+.1f} %")
+    for stage, seconds in clock.stages[1:]:
+        print(f"      {stage:<22} {seconds:7.1f} s")
+    print(f"  policy-only rebuild    : {policy_only:7.1f} s   (mkosi reused)")
+    for stage, seconds in again.stages[1:]:
+        print(f"      {stage:<22} {seconds:7.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Hermetic /usr: everything a node needs to come up lives in the signed /usr.
+
+The image ships no /etc (root is created empty at first boot and again after a factory reset),
+so the /etc the packages installed during the build is kept as /usr/share/factory/etc, and a
+tmpfiles.d file copies each of its entries into /etc when it is missing (`C`: copy if absent,
+so the node's own changes survive reboots). What must differ per node or is made by systemd
+itself is left out. Units the policy wants running are enabled through a preset file, which
+systemd applies on first boot (the unit enablement symlinks of the build's /etc would come too
+late: PID 1 has loaded its units before tmpfiles runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+FACTORY_ETC = "usr/share/factory/etc"
+TMPFILES = "usr/lib/tmpfiles.d/20-ultraviolet-factory-etc.conf"
+PRESET = "usr/lib/systemd/system-preset/20-ultraviolet.preset"
+
+# Per node, or systemd's own (tmpfiles.d/etc.conf links os-release and mtab; first boot makes
+# machine-id; resolv.conf belongs to the resolver) or stale caches of the build host.
+NOT_FROM_FACTORY = (
+    "machine-id",
+    "mtab",
+    "os-release",
+    "resolv.conf",
+    "ld.so.cache",
+    ".pwd.lock",
+    "adjtime",
+)
+
+
+def preset_file(enabled_units: Iterable[str]) -> str:
+    lines = ["# Rendered by Ultraviolet from the node policy: enabled on first boot."]
+    lines += [f"enable {unit}" for unit in enabled_units]
+    return "\n".join(lines) + "\n"
+
+
+def factory_etc_script() -> str:
+    """Python appended to the mkosi finalize script (runs with $BUILDROOT set)."""
+    return f"""
+# Rendered by Ultraviolet: hermetic /usr (the built /etc becomes /usr/share/factory/etc).
+import shutil
+etc = os.path.join(root, "etc")
+factory = os.path.join(root, {FACTORY_ETC!r})
+skip = set({list(NOT_FROM_FACTORY)!r})
+if os.path.isdir(factory):
+    shutil.rmtree(factory)
+os.makedirs(factory)
+lines = []
+for name in sorted(os.listdir(etc)):
+    if name in skip:
+        continue
+    if any(c.isspace() for c in name):
+        print("ultraviolet: not keeping /etc/%r (white space in the name)" % name, file=sys.stderr)
+        continue
+    source = os.path.join(etc, name)
+    target = os.path.join(factory, name)
+    if os.path.isdir(source) and not os.path.islink(source):
+        shutil.copytree(source, target, symlinks=True)
+    else:
+        shutil.copy2(source, target, follow_symlinks=False)
+    quoted = name.replace("%", "%%")  # tmpfiles expands %-specifiers in paths
+    lines.append("C /etc/%s - - - - /{FACTORY_ETC}/%s" % (quoted, quoted))
+tmpfiles = os.path.join(root, {TMPFILES!r})
+os.makedirs(os.path.dirname(tmpfiles), exist_ok=True)
+with open(tmpfiles, "w") as handle:
+    handle.write("# Rendered by Ultraviolet: /etc from /usr/share/factory/etc.\\n")
+    handle.write("\\n".join(lines) + "\\n")
+print("ultraviolet: /etc kept as /%s (%d entries)" % ({FACTORY_ETC!r}, len(lines)), file=sys.stderr)
+"""
