@@ -21,6 +21,9 @@ from ultraviolet.tools import ToolsChroot
 OWNER_GUID = "a3f2a0f4-7f0e-4c55-9b3a-6f1d2b6c7e51"
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+# CSI sequences (with private and intermediate bytes: getty's "ESC [ ! p" soft reset) and OSC
+# strings (ESC ] 104 ... BEL/ST): what a terminal would swallow.
+_TERMINAL_CONTROL = re.compile(r"\x1b\[[0-9;=?<>!]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
 FAILURE = re.compile(r"You are in emergency mode|Kernel panic|Security Violation|Access Denied")
 
 
@@ -33,6 +36,7 @@ class VmConfig:
     disk_size: str = "8G"
     memory: str = "2G"
     timeout: float = 420.0
+    smbios: tuple[str, ...] = ()  # extra `-smbios` values (credentials for the checker)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class BootResult:
         if not self.serial.exists():
             return ""
         raw = self.serial.read_bytes().decode("utf-8", errors="replace")
-        return re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", raw).replace("\r", "")
+        return _TERMINAL_CONTROL.sub("", raw).replace("\r", "")
 
     def explain(self, tail: int = 3000) -> str:
         """Verdict, the VM script's output (why QEMU never started, say), the console tail."""
@@ -66,6 +70,7 @@ class BootResult:
 def _script(config: VmConfig, work: Path) -> str:
     q = shlex.quote
     guid = OWNER_GUID
+    smbios = "".join(f" \\\n    -smbios {q(value)}" for value in config.smbios)
     return f"""set -eu
 cd {q(str(work))}
 virt-fw-vars --input {OVMF_VARS} --output vars.fd --set-pk {guid} {q(str(config.pk))} \\
@@ -84,7 +89,7 @@ exec qemu-system-x86_64 -machine q35,smm=on -accel tcg,thread=multi -cpu max -sm
     -device tpm-tis,tpmdev=tpm0 \\
     -drive if=none,id=disk,format=qcow2,file=disk.qcow2 \\
     -device virtio-blk-pci,drive=disk,bootindex=1 \\
-    -display none -serial file:serial.log -no-reboot
+    -display none -serial file:serial.log -no-reboot{smbios}
 """
 
 

@@ -1,0 +1,157 @@
+"""The in-guest checker: one boot, every check, machine-readable lines on the serial console.
+
+The image under test stays the product image: nothing test-only is built into it. The checker
+arrives as SMBIOS type 11 system credentials (honoured by systemd in VMs): a shell script, a
+unit that runs it (`systemd.extra-unit.*`, written by systemd-debug-generator) and a drop-in
+that makes multi-user.target want it (`systemd.unit-dropin.*`). The unit runs `sh` from the
+signed /usr on the script file (reading a script is not an exec, so IPE lets it be; the
+copies it tries to execute are what IPE must deny). Each fact is one line
+
+    UVCHECK <key> <value>
+
+written straight to the serial port, then `UVCHECK-END`, then the VM powers off. The host
+decides what the facts mean (tests/vm): the guest only reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+from ultraviolet.errors import UltravioletError
+
+UNIT = "ultraviolet-check.service"
+SCRIPT_CREDENTIAL = "ultraviolet-check.sh"
+END_MARKER = "UVCHECK-END"
+# Not anchored: a getty prompt or a terminal reset may share the line with a fact.
+_LINE = re.compile(r"UVCHECK (\S+) ?(.*)$", re.MULTILINE)
+
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+CHECK_SCRIPT = f"""
+# Ultraviolet in-guest checker (passed as a credential; see testbed/checker.py).
+out=/dev/ttyS0
+say() {{ printf 'UVCHECK %s %s\\n' "$1" "$2" > "$out"; }}
+efivar() {{ base64 -w0 "/sys/firmware/efi/efivars/$1" 2>/dev/null; }}
+oneline() {{ tr '\\n' '|' | sed 's/|$//'; }}
+
+secureboot=/sys/firmware/efi/efivars/SecureBoot-{EFI_GLOBAL}
+say secureboot "$(od -An -tu1 "$secureboot" | awk '{{print $NF}}')"
+say lockdown "$(cat /sys/kernel/security/lockdown 2>/dev/null)"
+say loader-entry "$(efivar LoaderEntrySelected-{LOADER_GUID})"
+say stub-info "$(efivar StubInfo-{LOADER_GUID})"
+say cmdline "$(cat /proc/cmdline)"
+say usr-mount "$(findmnt -no SOURCE,FSTYPE,OPTIONS /usr)"
+say root-mount "$(findmnt -no SOURCE,FSTYPE,OPTIONS /)"
+for dm in /sys/block/dm-*; do
+    [ -d "$dm/dm" ] && say dm "$(cat "$dm/dm/name") $(cat "$dm/dm/uuid")"
+done
+say partitions "$(lsblk -rno NAME,PARTLABEL,FSTYPE,SIZE | oneline)"
+say ipe-enforce "$(cat /sys/kernel/security/ipe/enforce 2>/dev/null)"
+for policy in /sys/kernel/security/ipe/policies/*; do
+    [ -d "$policy" ] && say ipe-policy "$(basename "$policy") active=$(cat "$policy/active")"
+done
+/usr/bin/true; say exec-usr "$?"
+mkdir -p /run/uvexec && mount -t tmpfs -o exec,mode=0755 uvexec /run/uvexec
+for dir in /tmp /var/tmp /root /run/uvexec; do
+    if cp /usr/bin/true "$dir/uvtrue" 2>/dev/null; then
+        "$dir/uvtrue" 2>/dev/null; say "exec-copy:$dir" "$?"
+    else
+        say "exec-copy:$dir" "no-copy"
+    fi
+done
+say writable-exec "$(findmnt -rn -o TARGET,OPTIONS \
+    | awk '$2 ~ /(^|,)rw(,|$)/ && $2 !~ /noexec/ {{print $1}}' | oneline)"
+say setid-in-usr "$(find /usr -xdev -type f -perm /6000 2>/dev/null | oneline)"
+for pcr in 0 1 2 3 4 5 7 9 11 12 13 15; do
+    say "pcr-sha256:$pcr" "$(cat /sys/class/tpm/tpm0/pcr-sha256/$pcr 2>/dev/null)"
+done
+say ipe-audit "$(dmesg | grep 'type=1420' | tail -n 8 | oneline)"
+say eventlog "$(base64 -w0 /sys/kernel/security/tpm0/binary_bios_measurements 2>/dev/null)"
+say units-failed "$(systemctl --failed --no-legend --plain | awk '{{print $1}}' | oneline)"
+say containerd "$(systemctl is-active containerd.service)"
+say system-state "$(systemctl is-system-running)"
+printf '%s\\n' {END_MARKER} > "$out"
+systemctl poweroff --no-block
+"""
+
+
+def _unit() -> str:
+    return f"""[Unit]
+Description=Ultraviolet in-guest checker (test credential)
+After=multi-user.target systemd-pcrphase.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /run/credentials/@system/{SCRIPT_CREDENTIAL}
+StandardOutput=journal
+StandardError=journal
+"""
+
+
+def _dropin() -> str:
+    return f"[Unit]\nWants={UNIT}\n"
+
+
+def _credential(name: str, value: str) -> str:
+    encoded = base64.b64encode(value.encode()).decode("ascii")
+    # QEMU -smbios: a comma would end the value; base64 has none.
+    return f"type=11,value=io.systemd.credential.binary:{name}={encoded}"
+
+
+def checker_smbios() -> list[str]:
+    """The values of QEMU `-smbios` options that install and start the checker."""
+    return [
+        _credential(SCRIPT_CREDENTIAL, CHECK_SCRIPT),
+        _credential(f"systemd.extra-unit.{UNIT}", _unit()),
+        _credential("systemd.unit-dropin.multi-user.target~ultraviolet-check", _dropin()),
+    ]
+
+
+class CheckerError(UltravioletError):
+    """The guest did not report (no checker output, or it stopped before the end marker)."""
+
+
+@dataclass(frozen=True)
+class GuestReport:
+    facts: tuple[tuple[str, str], ...]
+
+    def get(self, key: str) -> str:
+        values = self.all(key)
+        if not values:
+            raise CheckerError(f"the guest reported no {key!r}")
+        return values[-1]
+
+    def all(self, key: str) -> list[str]:
+        return [value for name, value in self.facts if name == key]
+
+    def listed(self, key: str) -> list[str]:
+        """A value the guest joined with '|' (one line per fact), split again."""
+        value = self.get(key)
+        return value.split("|") if value else []
+
+    def efi_string(self, key: str) -> str:
+        """A UTF-16 EFI variable the guest sent as base64 (4 attribute bytes, then the string)."""
+        try:
+            raw = base64.b64decode(self.get(key), validate=True)
+            return raw[4:].decode("utf-16-le").rstrip("\0")
+        except (ValueError, UnicodeDecodeError):
+            raise CheckerError(f"{key} is not a base64 UTF-16 EFI variable") from None
+
+    def pcr(self, index: int, bank: str = "sha256") -> bytes:
+        text = self.get(f"pcr-{bank}:{index}")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise CheckerError(f"PCR {index} reported as {text!r}") from None
+
+
+def parse_report(console: str) -> GuestReport:
+    """The checker's facts from a serial console log (escape sequences already removed)."""
+    if END_MARKER not in console:
+        seen = len(_LINE.findall(console))
+        raise CheckerError(f"the checker did not finish ({seen} facts before the console ended)")
+    facts = tuple((key, value.rstrip()) for key, value in _LINE.findall(console))
+    return GuestReport(facts)
