@@ -41,6 +41,17 @@ def test_lookup_errors() -> None:
         volume.listdir("EFI/BOOT/BOOTX64.EFI")
 
 
+def test_file_offset_errors() -> None:
+    volume = FatVolume.parse(GOLDEN)
+    path = next(p for p, entry in volume.walk() if not entry.is_dir and entry.size)
+    content = volume.read_file(path)
+    assert GOLDEN[volume.file_offset(path, len(content) - 1)] == content[-1]
+    with pytest.raises(FatError, match="no byte"):
+        volume.file_offset(path, len(content))
+    with pytest.raises(FatError, match="no 'no'"):
+        volume.file_offset("no/such/file", 0)
+
+
 def test_bad_boot_sector_names_offset() -> None:
     broken = bytearray(GOLDEN)
     broken[510] = 0

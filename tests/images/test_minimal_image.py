@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from ultraviolet.build.keys import generate_signing_key
 from ultraviolet.build.mkosi import MkosiOutputs, build_cached, embedded_tree
 from ultraviolet.cli import main
 from ultraviolet.diskimage import open_disk_image
+from ultraviolet.testbed import tamper
 from ultraviolet.tools import ToolsChroot
 from ultraviolet.verify.chain import verify_image
 from ultraviolet.verify.trust import load_certificates
@@ -182,3 +183,31 @@ def test_inspect_agrees_with_sfdisk_and_dissect(
         assert mount["designator"] == partition["type"]
         assert mount["architecture"] == partition["architecture"]
     assert {m["verity"] for m in dissect["mounts"] if m["designator"] == "usr"} == {"signed"}
+
+
+@pytest.mark.parametrize(
+    ("make_patches", "caught_by"),
+    [
+        (tamper.usr_superblock, "verity.tree"),
+        (tamper.uki_byte, "uki.signature"),
+        (tamper.uki_unsigned, "uki.signature"),
+    ],
+    ids=["usr-superblock", "uki-byte", "uki-unsigned"],
+)
+def test_vm_tamper_patches_are_caught_offline(
+    image_copy: Path,
+    minimal_image: MkosiOutputs,
+    make_patches: Callable[[Path], list[tamper.Patch]],
+    caught_by: str,
+) -> None:
+    """The patches the VM tamper tests write into their overlay change what they claim to:
+    applied to a copy, the offline chain check fails at the same link as the firmware or the
+    kernel must at boot."""
+    patches = make_patches(image_copy)
+    original = image_copy.read_bytes()
+    with image_copy.open("r+b") as handle:
+        for patch in patches:
+            assert original[patch.offset : patch.offset + len(patch.data)] != patch.data
+            handle.seek(patch.offset)
+            handle.write(patch.data)
+    assert caught_by in _failing_ids(image_copy, minimal_image.certificate)

@@ -110,3 +110,34 @@ def test_fragmented_file_is_really_fragmented(tools_chroot: ToolsChroot, tmp_pat
     clusters = _clusters(volume, "loader/fragmented.bin")
     assert any(b != a + 1 for a, b in itertools.pairwise(clusters))
     assert volume.read_file("loader/fragmented.bin") == fragmented.read_bytes()
+
+
+def test_file_offsets_patch_what_mtools_reads(tools_chroot: ToolsChroot, tmp_path: Path) -> None:
+    """Patching the bytes file_offset names (as the tamper tests do to a UKI in an ESP) changes
+    exactly those bytes of the file as mtools reads it, across fragment boundaries."""
+    files = tmp_path / "files"
+    _tree(files)
+    image = tmp_path / "esp.img"
+    with image.open("wb") as handle:
+        handle.truncate(1440 * 1024)
+    tools_chroot.run(["mkfs.vfat", "-F", "12", str(image)], binds=[tmp_path])
+    fragmented = tmp_path / "fragmented.bin"
+    original = random.Random(8).randbytes(50000)
+    fragmented.write_bytes(original)
+    _populate(tools_chroot, image, files, fragmented)
+    data = bytearray(image.read_bytes())
+    volume = FatVolume.parse(bytes(data))
+    expected = bytearray(original)
+    for position in (0, 511, 512, 2047, 2048, 20000, 49999):
+        offset = volume.file_offset("loader/fragmented.bin", position)
+        assert data[offset] == original[position]
+        data[offset] ^= 0xFF
+        expected[position] ^= 0xFF
+    image.write_bytes(bytes(data))
+    out = tmp_path / "out.bin"
+    tools_chroot.run(
+        ["mcopy", "-i", str(image), "::loader/fragmented.bin", str(out)],
+        binds=[tmp_path],
+        env=MTOOLS_ENV,
+    )
+    assert out.read_bytes() == bytes(expected)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ultraviolet.testbed import tamper
 from ultraviolet.testbed.checker import (
     CHECK_SCRIPT,
     CheckerError,
@@ -74,3 +75,8 @@ def test_script_is_valid_posix_sh(tmp_path: Path, tools_chroot: ToolsChroot) -> 
     script = tmp_path / "check.sh"
     script.write_text(CHECK_SCRIPT)
     tools_chroot.run(["sh", "-n", str(script)], binds=[tmp_path])  # dash, as in the guest
+
+
+def test_qemu_io_commands_write_each_byte() -> None:
+    patches = [tamper.Patch(10, b"\x00\xff", "why")]
+    assert tamper.qemu_io_commands(patches) == ["write -P 0x00 10 1", "write -P 0xff 11 1"]

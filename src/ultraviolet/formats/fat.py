@@ -259,6 +259,22 @@ class FatVolume:
             self._reader.fail(f"{path!r}: cluster chain shorter than the file size", entry.offset)
         return b"".join(self._runs(clusters))[: entry.size]
 
+    def file_offset(self, path: str, position: int) -> int:
+        """Where byte `position` of the file at `path` lies, relative to the volume (to patch a
+        file in place in a disk image, as the tamper tests do)."""
+        entry = self._lookup(path)
+        if entry is None or entry.is_dir:
+            raise FatError("FAT path", f"{path!r} is not a file")
+        if not 0 <= position < entry.size:
+            raise FatError("FAT path", f"{path!r} has {entry.size} bytes, no byte {position}")
+        size = self._geometry.cluster_size
+        index = position // size
+        chain = itertools.islice(self._chain(entry.first_cluster, entry.offset), index, index + 1)
+        cluster = next(chain, None)
+        if cluster is None:
+            self._reader.fail(f"{path!r}: cluster chain shorter than the file size", entry.offset)
+        return self._geometry.data_offset + (cluster - 2) * size + position % size
+
     def _runs(self, clusters: list[int]) -> Iterator[bytes]:
         """The bytes of `clusters`, one slice per run of consecutive clusters (fast for big
         files, which FAT tools allocate contiguously)."""

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ultraviolet.testbed.tamper import Patch, qemu_io_commands
 from ultraviolet.tools import ToolsChroot
 
 OWNER_GUID = "a3f2a0f4-7f0e-4c55-9b3a-6f1d2b6c7e51"
@@ -37,6 +38,7 @@ class VmConfig:
     memory: str = "2G"
     timeout: float = 420.0
     smbios: tuple[str, ...] = ()  # extra `-smbios` values (credentials for the checker)
+    patches: tuple[Patch, ...] = ()  # written into the overlay before boot (tamper tests)
 
 
 @dataclass(frozen=True)
@@ -71,13 +73,15 @@ def _script(config: VmConfig, work: Path) -> str:
     q = shlex.quote
     guid = OWNER_GUID
     smbios = "".join(f" \\\n    -smbios {q(value)}" for value in config.smbios)
+    writes = "".join(f" -c {q(c)}" for c in qemu_io_commands(list(config.patches)))
+    tamper = f"qemu-io -f qcow2{writes} disk.qcow2 >/dev/null\n" if writes else ""
     return f"""set -eu
 cd {q(str(work))}
 virt-fw-vars --input {OVMF_VARS} --output vars.fd --set-pk {guid} {q(str(config.pk))} \\
     --add-kek {guid} {q(str(config.kek))} --add-db {guid} {q(str(config.db))} \\
     --no-microsoft --secure-boot >/dev/null
 qemu-img create -q -f qcow2 -b {q(str(config.image))} -F raw disk.qcow2 {q(config.disk_size)}
-mkdir -p tpm
+{tamper}mkdir -p tpm
 swtpm socket --tpm2 --tpmstate dir=tpm --ctrl type=unixio,path=swtpm.sock \\
     --flags not-need-init,startup-clear &
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -S swtpm.sock ] && break; sleep 0.5; done
