@@ -11,6 +11,7 @@ import pytest
 from ultraviolet.build.keyset import ROLES, init_keys, load_keys
 from ultraviolet.cli import main
 from ultraviolet.errors import BuildError
+from ultraviolet.formats import openpgp
 from ultraviolet.formats.pkcs7 import parse_signed_data, verify_signed_data
 
 
@@ -34,6 +35,15 @@ def test_signer_interface_signs_verifiably(tmp_path: Path) -> None:
     assert check.ok
     key, certificate = signer.tool_arguments()
     assert Path(key).is_file() and Path(certificate).is_file()
+
+
+def test_update_signer_speaks_openpgp_for_sysupdate(tmp_path: Path) -> None:
+    signer = init_keys(tmp_path / "keys").signer("update")
+    keyring = signer.openpgp_public_key()
+    assert keyring == signer.openpgp_public_key()  # same key file, same fingerprint
+    signature = signer.sign_openpgp_detached(b"SHA256SUMS content\n")
+    assert openpgp.verify_detached(signature, b"SHA256SUMS content\n", keyring).ok
+    assert not openpgp.verify_detached(signature, b"other\n", keyring).ok
 
 
 def test_refuses_to_overwrite(tmp_path: Path) -> None:

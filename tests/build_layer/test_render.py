@@ -84,3 +84,21 @@ def test_uki_only_changes_keep_the_tree_digest(tmp_path: Path) -> None:
     assert digests["cmdline"] == digests["base"]
     assert digests["ipe"] == digests["base"]
     assert digests["packages"] != digests["base"]
+
+
+@pytest.mark.parametrize(
+    ("update", "expected"),
+    [
+        ("", set()),
+        ('[update]\nsource = "/var/lib/releases"\n', {"systemd-container"}),
+        ('[update]\nsource = "https://updates.example.org/host"\n', {"systemd-container", "gpg"}),
+        (
+            '[update]\nsource = "https://u.example.org/h"\nverify_manifest = false\n',
+            {"systemd-container"},
+        ),
+    ],
+)
+def test_update_tools_are_installed_only_when_updates_are(update: str, expected: set[str]) -> None:
+    policy = parse_policy('[image]\nname = "n"\nversion = "1"\n' + update)
+    packages = set(mkosi_conf(policy).get_all("Content", "Packages"))
+    assert packages & {"systemd-container", "gpg"} == expected

@@ -13,6 +13,8 @@ import pytest
 from ultraviolet.build.keyset import KeySet
 from ultraviolet.build.node import BuildResult, build_cached_node
 from ultraviolet.cli import main
+from ultraviolet.formats import openpgp
+from ultraviolet.formats.gpt import root_hash_partition_uuids
 from ultraviolet.formats.pkcs7 import parse_signed_data, verify_signed_data
 from ultraviolet.policy import load_policy, parse_policy
 from ultraviolet.tools import ToolsChroot
@@ -59,6 +61,9 @@ def test_manifest_and_reference(example_build: tuple[BuildResult, KeySet]) -> No
     assert verify_signed_data(
         signed, [keys.signer("update").certificate], detached_content=manifest
     ).ok
+    keyring = keys.signer("update").openpgp_public_key()
+    gpg_signature = (result.release / "SHA256SUMS.gpg").read_bytes()
+    assert openpgp.verify_detached(gpg_signature, manifest, keyring).ok
     reference = json.loads(result.reference.read_text())
     assert reference["image"] == {"name": "container-host", "version": "1.0.0"}
     assert reference["ipe_policy_sha256"] is not None
@@ -118,10 +123,26 @@ def test_image_carries_policy_files(
     example_build: tuple[BuildResult, KeySet], tools_chroot: ToolsChroot, tmp_path: Path
 ) -> None:
     result, _ = example_build
-    usr = result.release / "container-host_1.0.0.usr.raw"
+    root_hash = bytes.fromhex(json.loads(result.reference.read_text())["usr_root_hash"])
+    data_uuid, verity_uuid = root_hash_partition_uuids(root_hash)
+    # The release names carry the partition UUIDs sysupdate gives the B slot (@u).
+    usr = result.release / f"container-host_1.0.0_{data_uuid}.usr.raw"
+    assert (result.release / f"container-host_1.0.0_{verity_uuid}.usr-verity.raw").is_file()
     out = tmp_path / "usr"
     tools_chroot.run(["fsck.erofs", f"--extract={out}", str(usr)], binds=[tmp_path, usr.parent])
     assert not (out / "lib" / "ultraviolet").exists()  # the IPE policy is in the UKI's initrd
+    # systemd-sysupdate's Verify=yes, as systemd-pull runs gpg, against the image's own keyring
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    sums = result.release / "SHA256SUMS"
+    gpg = (
+        f"gpg --no-options --no-default-keyring --no-auto-key-locate --no-auto-check-trustdb "
+        f"--batch --trust-model=always --homedir={home} "
+        f"--keyring={out / 'lib/systemd/import-pubring.gpg'} --verify {sums}.gpg - < {sums}; "
+        f"status=$?; gpgconf --homedir={home} --kill all; exit $status"
+    )
+    tools_chroot.run(["sh", "-c", gpg], binds=[tmp_path, result.release])
+    assert (out / "lib" / "systemd" / "systemd-sysupdate").is_file()
     assert (out / "lib" / "repart.d" / "50-root.conf").is_file()
     assert (out / "lib" / "sysupdate.d" / "60-uki.transfer").is_file()
     assert (out / "bin" / "containerd").is_file()

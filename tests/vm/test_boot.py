@@ -6,13 +6,19 @@ The image is the product image, unchanged; the checker comes in as SMBIOS creden
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ultraviolet.build.node import build_cached_node, example_policy_path
+from ultraviolet.diskimage import open_disk_image
+from ultraviolet.formats.authenticode import authenticode_digest
+from ultraviolet.formats.eventlog import UefiVariable, parse_event_log, replay
+from ultraviolet.formats.fat import FatVolume
 from ultraviolet.formats.reference import Reference, parse_reference
 from ultraviolet.policy import load_policy
 from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
@@ -20,6 +26,7 @@ from ultraviolet.testbed.vm import BootResult, VmConfig, boot
 from ultraviolet.tools import ToolsChroot
 
 pytestmark = pytest.mark.vm
+APPLICATION = "EV_EFI_BOOT_SERVICES_APPLICATION"
 
 
 @dataclass(frozen=True)
@@ -28,23 +35,33 @@ class CheckedBoot:
     guest: GuestReport
     reference: Reference
     image_name: str
+    image: Path
+    certificates: dict[str, bytes]  # PK/KEK/db variable name -> our certificate (DER)
 
 
 @pytest.fixture(scope="module")
-def first_boot(tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory) -> CheckedBoot:
+def first_boot(
+    tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
+) -> CheckedBoot:
     result, keys = build_cached_node(load_policy(example_policy_path()))
     config = VmConfig(
         image=result.image,
         pk=keys.signer("pk").certificate_path,
         kek=keys.signer("kek").certificate_path,
         db=keys.signer("db").certificate_path,
+        accelerator=accelerator,
         smbios=tuple(checker_smbios()),
     )
     work = tmp_path_factory.mktemp("vm")
     booted = boot(config, re.compile(END_MARKER), work, tools_chroot)
     assert booted.ok, booted.explain()
     reference = parse_reference(result.reference.read_bytes())
-    return CheckedBoot(booted, parse_report(booted.console()), reference, result.uki.name)
+    certificates = {
+        name: keys.signer(role).certificate.public_bytes(Encoding.DER)
+        for name, role in (("PK", "pk"), ("KEK", "kek"), ("db", "db"))
+    }
+    guest = parse_report(booted.console())
+    return CheckedBoot(booted, guest, reference, result.uki.name, result.image, certificates)
 
 
 def test_secure_boot_with_our_uki(first_boot: CheckedBoot) -> None:
@@ -110,3 +127,38 @@ def test_node_is_healthy(first_boot: CheckedBoot) -> None:
 
 def test_serial_log_is_kept(first_boot: CheckedBoot) -> None:
     assert Path(first_boot.boot.serial).stat().st_size > 0
+
+
+def _esp_file(image: Path, path: str) -> bytes:
+    with open_disk_image(image) as disk:
+        (esp,) = disk.partitions_of_type("esp")
+        return FatVolume.parse(disk.partition_bytes(esp)).read_file(path)
+
+
+def test_event_log_replays_to_the_tpm_and_pcr4_measures_our_chain(first_boot: CheckedBoot) -> None:
+    """The firmware's TCG event log (sent by the guest) replays to the PCRs the TPM holds, and
+    the applications the firmware measured into PCR 4 are, in order, our systemd-boot and our
+    UKI, each by its Authenticode digest (systemd-stub starts the kernel itself: no third
+    one); PCR 7 records Secure Boot on with our PK, KEK and db."""
+    guest = first_boot.guest
+    log = parse_event_log(base64.b64decode(guest.get("eventlog")))
+    replayed = replay(log, "sha256")
+    for pcr in (0, 1, 2, 3, 4, 5, 7):
+        assert replayed[pcr] == guest.pcr(pcr), f"PCR {pcr}"
+    image = first_boot.image
+    expected = [
+        authenticode_digest(_esp_file(image, "EFI/BOOT/BOOTX64.EFI")),
+        authenticode_digest(_esp_file(image, f"EFI/Linux/{first_boot.image_name}")),
+    ]
+    applications = [
+        e.digests["sha256"] for e in log.events if e.pcr == 4 and e.type_name == APPLICATION
+    ]
+    assert applications == expected
+    variables = {
+        content.name: content.data
+        for e in log.events
+        if e.pcr == 7 and isinstance(content := e.content(), UefiVariable)
+    }
+    assert variables["SecureBoot"] == b"\x01"
+    for name, certificate in first_boot.certificates.items():
+        assert certificate in variables[name], name  # an EFI_SIGNATURE_LIST holding our cert

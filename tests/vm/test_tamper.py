@@ -35,6 +35,7 @@ def _boot_tampered(
     until: re.Pattern[str],
     work: Path,
     chroot: ToolsChroot,
+    accelerator: str,
 ) -> BootResult:
     result, keys = example
     config = VmConfig(
@@ -42,6 +43,7 @@ def _boot_tampered(
         pk=keys.signer("pk").certificate_path,
         kek=keys.signer("kek").certificate_path,
         db=keys.signer("db").certificate_path,
+        accelerator=accelerator,
         patches=tuple(patches(result.image)),
         timeout=300,
     )
@@ -56,8 +58,9 @@ def test_firmware_refuses_a_modified_or_unsigned_uki(
     patches: Callable[[Path], list[tamper.Patch]],
     tools_chroot: ToolsChroot,
     tmp_path: Path,
+    accelerator: str,
 ) -> None:
-    booted = _boot_tampered(example, patches, LOGIN, tmp_path, tools_chroot)
+    booted = _boot_tampered(example, patches, LOGIN, tmp_path, tools_chroot, accelerator)
     assert booted.verdict == "failed", booted.explain()
     console = booted.console()
     assert FIRMWARE_REFUSAL in console, booted.explain()
@@ -65,10 +68,10 @@ def test_firmware_refuses_a_modified_or_unsigned_uki(
 
 
 def test_modified_usr_block_is_an_io_error_not_silent_use(
-    example: tuple[BuildResult, KeySet], tools_chroot: ToolsChroot, tmp_path: Path
+    example: tuple[BuildResult, KeySet], tools_chroot: ToolsChroot, tmp_path: Path, accelerator: str
 ) -> None:
     booted = _boot_tampered(
-        example, tamper.usr_superblock, VERITY_CORRUPTION, tmp_path, tools_chroot
+        example, tamper.usr_superblock, VERITY_CORRUPTION, tmp_path, tools_chroot, accelerator
     )
     assert booted.verdict == "matched", booted.explain()
     # The corrupted block is refused (reads of it fail with EIO), /usr is never used.

@@ -110,8 +110,9 @@ def sysupdate_transfers(policy: NodePolicy) -> dict[str, UnitFile]:
     )
     instances = ("InstancesMax", str(policy.update.instances_max))
     partitions = {
-        "50-usr.transfer": ("usr", f"{name}_@v.usr.raw"),
-        "51-usr-verity.transfer": ("usr-verity", f"{name}_@v.usr-verity.raw"),
+        # @u: the partition UUIDs derived from the root hash travel in the file names
+        "50-usr.transfer": ("usr", f"{name}_@v_@u.usr.raw"),
+        "51-usr-verity.transfer": ("usr-verity", f"{name}_@v_@u.usr-verity.raw"),
         "52-usr-verity-sig.transfer": ("usr-verity-sig", f"{name}_@v.usr-verity-sig.raw"),
     }
     transfers = {}

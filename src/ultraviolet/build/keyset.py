@@ -5,7 +5,8 @@ Roles:
 - verity: the usr root-hash signature (defaults to db: the kernel trusts the platform keyring,
   i.e. the UEFI db certificates, for dm-verity root-hash signatures);
 - ipe: the IPE policy signature (defaults to db for the same reason);
-- update: the sysupdate manifest (SHA256SUMS) signature.
+- update: the sysupdate manifest (SHA256SUMS) signature: PKCS#7 (SHA256SUMS.p7s) and OpenPGP
+  (SHA256SUMS.gpg, what systemd-sysupdate's Verify=yes checks against import-pubring.gpg).
 
 Everything that signs goes through `Signer`, so that an HSM (PKCS#11) or offline-signing
 backend can replace `LocalSigner` without touching the build. Private keys are files of mode
@@ -15,6 +16,7 @@ backend can replace `LocalSigner` without touching the build. Private keys are f
 from __future__ import annotations
 
 import os
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,11 @@ from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from ultraviolet.build.keys import KeyPair, generate_signing_key, load_key_pair, write_key_pair
 from ultraviolet.errors import BuildError
+from ultraviolet.formats import openpgp
 from ultraviolet.formats.pkcs7 import sign_detached
 
 OWN_ROLES = ("pk", "kek", "db", "update")
@@ -48,6 +52,14 @@ class Signer(Protocol):
         file paths here; a PKCS#11 backend would return a URI with a key source."""
         ...
 
+    def openpgp_public_key(self) -> bytes:
+        """The key as an OpenPGP transferable public key (what import-pubring.gpg holds)."""
+        ...
+
+    def sign_openpgp_detached(self, content: bytes) -> bytes:
+        """A binary OpenPGP detached signature (SHA256SUMS.gpg for systemd-sysupdate)."""
+        ...
+
 
 @dataclass(frozen=True)
 class LocalSigner:
@@ -68,6 +80,22 @@ class LocalSigner:
 
     def tool_arguments(self) -> tuple[str, str]:
         return str(self.key_path), str(self.certificate_path)
+
+    @property
+    def _openpgp_created(self) -> int:
+        # The OpenPGP key is the certificate's key, "created" when the certificate became
+        # valid: the same key file always gives the same OpenPGP fingerprint.
+        return int(self.pair.certificate.not_valid_before_utc.timestamp())
+
+    def openpgp_public_key(self) -> bytes:
+        names = self.pair.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        user_id = str(names[0].value) if names else "Ultraviolet update key"
+        return openpgp.public_key_block(self.pair.key, user_id, self._openpgp_created)
+
+    def sign_openpgp_detached(self, content: bytes) -> bytes:
+        key = openpgp.public_key(self.pair.key, self._openpgp_created)
+        created = max(int(time.time()), self._openpgp_created)
+        return openpgp.sign_detached(content, self.pair.key, created, key)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ OUT/release/    what is published (see release.py)
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -32,8 +33,9 @@ from ultraviolet.policy.model import NodePolicy
 from ultraviolet.tools import cache_dir, tools
 
 Progress = Callable[[str], None]
+PUBRING = "usr/lib/systemd/import-pubring.gpg"
 # Part of the cache key of cached builds: bump when the build pipeline changes its output.
-PIPELINE_VERSION = 9
+PIPELINE_VERSION = 12
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,11 @@ def build_node(
     say = progress or (lambda line: None)
     say(f"rendering the mkosi tree for {policy.image.name} {policy.image.version}")
     rendered = render_tree(policy, output / "tree")
+    if policy.update.source:
+        # The key systemd-sysupdate (systemd-pull) checks SHA256SUMS.gpg against.
+        pubring = rendered.directory / "mkosi.extra" / PUBRING
+        pubring.parent.mkdir(parents=True, exist_ok=True)
+        pubring.write_bytes(keys.signer("update").openpgp_public_key())
     ipe_signed = None
     if rendered.ipe_policy:
         signer = keys.signer("ipe")
@@ -137,27 +144,36 @@ def example_policy_path(name: str = "container-host") -> Path:
 
 
 def build_cached_node(
-    policy: NodePolicy, *, rebuild: bool = False, progress: Progress | None = None
+    policy: NodePolicy,
+    *,
+    rebuild: bool = False,
+    keys: Path | None = None,
+    progress: Progress | None = None,
 ) -> tuple[BuildResult, KeySet]:
-    """Build into the cache directory (keys generated there), one directory per mkosi tree, so
-    that policies differing only in what the UKI carries share the mkosi build, with one
-    release per node policy. The demo and the build tests share it."""
+    """Build into the cache directory, one directory per mkosi tree (and key set), so that
+    policies differing only in what the UKI carries share the mkosi build, with one release
+    per node policy. Keys are generated there unless `keys` names a key set (the next version
+    of a release must be signed by the same keys). The demo and the build tests share it."""
     with tempfile.TemporaryDirectory(prefix="uv-render-") as probe:
         digest = tree_digest(render_tree(policy, Path(probe) / "tree").directory)[:16]
-    output = cache_dir() / "node-builds" / f"{policy.image.name}-{digest}-p{PIPELINE_VERSION}"
+    name = f"{policy.image.name}-{digest}"
+    if keys is not None:
+        name += "-k" + hashlib.sha256(load_keys(keys).certificate_pem("db")).hexdigest()[:8]
+    output = cache_dir() / "node-builds" / f"{name}-p{PIPELINE_VERSION}"
     release = output / f"release-{policy.digest[:16]}"
     done = output / f".complete-{policy.digest[:16]}"
     if rebuild:
         shutil.rmtree(output, ignore_errors=True)
-    if not (output / "keys").exists():
-        init_keys(output / "keys")
-    keys = load_keys(output / "keys")
+    key_directory = keys or output / "keys"
+    if not key_directory.exists():
+        init_keys(key_directory)
+    key_set = load_keys(key_directory)
     if not done.exists():
-        result = build_node(policy, output, keys, release=release, progress=progress)
+        result = build_node(policy, output, key_set, release=release, progress=progress)
         done.write_text("ok\n")
-        return result, keys
+        return result, key_set
     stem = f"{policy.image.name}_{policy.image.version}"
     result = BuildResult(
         release, release / f"{stem}.raw", release / f"{stem}.efi", release / "reference.json"
     )
-    return result, keys
+    return result, key_set

@@ -3,7 +3,8 @@
 release/NAME_VERSION.raw                 whole disk image
 release/NAME_VERSION.efi                 signed UKI
 release/NAME_VERSION.usr*.raw            split partitions for sysupdate
-release/SHA256SUMS, SHA256SUMS.p7s       manifest, PKCS#7-signed with the update key
+release/SHA256SUMS, SHA256SUMS.p7s/.gpg  manifest, signed with the update key (PKCS#7; OpenPGP
+                                         for systemd-sysupdate's Verify=yes)
 release/reference.json                   what a node running this release must show
 """
 
@@ -20,13 +21,27 @@ from ultraviolet.build.mkosi import MkosiOutputs
 from ultraviolet.diskimage import map_file, open_disk_image
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.authenticode import authenticode_digest
+from ultraviolet.formats.gpt import root_hash_partition_uuids
 from ultraviolet.formats.pcr import predicted_pcr11
 from ultraviolet.formats.reference import Reference, render_reference
 from ultraviolet.formats.uki import parse_uki
 from ultraviolet.formats.veritysig import parse_verity_sig
 from ultraviolet.policy.model import NodePolicy
 
+# mkosi's split partitions; the release names the usr and usr-verity ones NAME_VERSION_UUID so
+# that systemd-sysupdate gives the B slot the partition UUIDs derived from the root hash (`@u`
+# in the transfer's MatchPattern): usrhash= alone must find the partitions after an update.
 SPLIT_SUFFIXES = (".usr.raw", ".usr-verity.raw", ".usr-verity-sig.raw")
+
+
+def release_split_names(stem: str, root_hash: bytes) -> dict[str, str]:
+    """mkosi's split file suffix -> the release's file name."""
+    data_uuid, verity_uuid = root_hash_partition_uuids(root_hash)
+    return {
+        ".usr.raw": f"{stem}_{data_uuid}.usr.raw",
+        ".usr-verity.raw": f"{stem}_{verity_uuid}.usr-verity.raw",
+        ".usr-verity-sig.raw": f"{stem}.usr-verity-sig.raw",
+    }
 
 
 def _sha256_file(path: Path) -> str:
@@ -48,17 +63,17 @@ def collect_release(outputs: MkosiOutputs, stem: str, release: Path) -> list[Pat
     a fresh directory."""
     shutil.rmtree(release, ignore_errors=True)
     release.mkdir(parents=True)
-    splits = [outputs.directory / (stem + suffix) for suffix in SPLIT_SUFFIXES]
-    collected = []
-    for path in [outputs.image, *splits]:
-        if not path.is_file():
-            raise BuildError(f"mkosi output {path.name} is missing")
-        target = release / path.name
-        if path in splits:
-            _link_or_copy(path, target)
-        else:
-            shutil.copyfile(path, target)
-        collected.append(target)
+    if not outputs.image.is_file():
+        raise BuildError(f"mkosi output {outputs.image.name} is missing")
+    shutil.copyfile(outputs.image, release / outputs.image.name)
+    collected = [release / outputs.image.name]
+    names = release_split_names(stem, _usr_root_hash(outputs.image))
+    for suffix, name in names.items():
+        source = outputs.directory / (stem + suffix)
+        if not source.is_file():
+            raise BuildError(f"mkosi output {source.name} is missing")
+        _link_or_copy(source, release / name)
+        collected.append(release / name)
     return collected
 
 
@@ -73,8 +88,10 @@ def write_manifest(release: Path, files: list[Path], keys: KeySet) -> None:
     lines = [f"{_sha256_file(path)}  {path.name}\n" for path in sorted(files)]
     manifest = "".join(lines).encode()
     (release / "SHA256SUMS").write_bytes(manifest)
-    signature = keys.signer("update").sign_pkcs7_detached(manifest, include_certificate=True)
+    signer = keys.signer("update")
+    signature = signer.sign_pkcs7_detached(manifest, include_certificate=True)
     (release / "SHA256SUMS.p7s").write_bytes(signature)
+    (release / "SHA256SUMS.gpg").write_bytes(signer.sign_openpgp_detached(manifest))
 
 
 def _usr_root_hash(image: Path) -> bytes:

@@ -25,6 +25,9 @@ BASE_PACKAGES = (
     "linux-image-amd64",
     "systemd",
     "systemd-boot-efi",
+    # Debian's systemd-boot has the bless-boot generator: a booted entry with a boot counter is
+    # marked good once boot-complete.target is reached (else every try counts as failed).
+    "systemd-boot",
     "udev",
     "dbus",
     "systemd-repart",
@@ -56,10 +59,21 @@ def policy_cmdline(policy: NodePolicy) -> tuple[str, ...]:
     return (*noexec, *policy.boot.cmdline)
 
 
+def _update_packages(policy: NodePolicy) -> list[str]:
+    """Debian ships systemd-sysupdate (and systemd-pull, its downloader) in systemd-container;
+    systemd-pull checks SHA256SUMS.gpg by running gpg."""
+    update = policy.update
+    if not update.source:
+        return []
+    remote = update.source.startswith(("http://", "https://"))
+    return ["systemd-container", *(["gpg"] if remote and update.verify_manifest else [])]
+
+
 def _packages(policy: NodePolicy) -> list[str]:
     wanted = [
         *BASE_PACKAGES,
         *RUNTIME_PACKAGES[policy.workloads.container_runtime],
+        *_update_packages(policy),
         *policy.image.packages,
     ]
     return list(dict.fromkeys(wanted))

@@ -168,4 +168,24 @@ def finalize_uki(
     env = {"MTOOLS_SKIP_CHECK": "1"}
     chroot.run(["mdel", "-i", mtools, f"::{where.path}"], binds=binds, env=env)
     chroot.run(["mcopy", "-o", "-i", mtools, str(uki_out), f"::{target}"], binds=binds, env=env)
+    loader_conf = uki_out.with_suffix(".loader.conf")
+    loader_conf.write_text(loader_configuration(name))
+    chroot.run(["mmd", "-D", "s", "-i", mtools, "::loader"], binds=binds, env=env, check=False)
+    chroot.run(
+        ["mcopy", "-o", "-i", mtools, str(loader_conf), "::loader/loader.conf"],
+        binds=binds,
+        env=env,
+    )
+    loader_conf.unlink()
     return uki_out
+
+
+def loader_configuration(uki_name: str) -> str:
+    """systemd-boot's loader.conf: the default is the newest version's main profile.
+
+    The UKI profiles are entries of their own (`NAME_VERSION.efi@ipe-enforce`), and without a
+    default systemd-boot may start one of them after an update; the glob matches only the main
+    entries (IDs carry no boot counter), newest first, and a version whose tries ran out sorts
+    last, so a failed update falls back to the previous version's main profile."""
+    stem = uki_name.rsplit("_", 1)[0]
+    return f"default {stem}_*.efi\ntimeout 0\n"

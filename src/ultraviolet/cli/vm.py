@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ultraviolet.build.keyset import load_keys
-from ultraviolet.testbed.vm import VmConfig, boot
+from ultraviolet.testbed.accel import ProbeResult, probe_kvm
+from ultraviolet.testbed.vm import OVMF_CODE, OVMF_VARS, VmConfig, boot
 from ultraviolet.tools import tools
 
 
@@ -34,11 +36,23 @@ def register(subparsers: Any) -> None:
         help="virtual size of the booted disk (first boot grows into it)",
     )
     run.add_argument("--workdir", type=Path, help="keep the VM files here (default: temporary)")
+    run.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: probe KVM with the Secure Boot firmware, fall back to TCG (default)",
+    )
     run.set_defaults(func=run_vm)
 
 
 def run_vm(args: argparse.Namespace) -> int:
     keys = load_keys(args.keys)
+    with tempfile.TemporaryDirectory(prefix="uv-accel-", dir="/var/tmp") as probe_dir:
+        if args.accel == "auto":
+            probe = probe_kvm(tools(), Path(probe_dir), OVMF_CODE, OVMF_VARS)
+        else:
+            probe = ProbeResult(args.accel, "--accel", 0.0)
+    print(f"accelerator: {probe.accelerator} ({probe.reason})", file=sys.stderr)
     config = VmConfig(
         image=args.image.resolve(),
         pk=keys.signer("pk").certificate_path,
@@ -46,6 +60,7 @@ def run_vm(args: argparse.Namespace) -> int:
         db=keys.signer("db").certificate_path,
         disk_size=args.disk_size,
         timeout=args.timeout,
+        accelerator=probe.accelerator,
     )
     with tempfile.TemporaryDirectory(prefix="uv-vm-", dir="/var/tmp") as temporary:
         work = args.workdir or Path(temporary)

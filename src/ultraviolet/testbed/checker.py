@@ -23,6 +23,8 @@ from ultraviolet.errors import UltravioletError
 
 UNIT = "ultraviolet-check.service"
 SCRIPT_CREDENTIAL = "ultraviolet-check.sh"
+# what to do after reporting: report | update | oneshot:ENTRY-ID
+ACTION_CREDENTIAL = "ultraviolet-check.action"
 END_MARKER = "UVCHECK-END"
 # Not anchored: a getty prompt or a terminal reset may share the line with a fact.
 _LINE = re.compile(r"UVCHECK (\S+) ?(.*)$", re.MULTILINE)
@@ -68,12 +70,42 @@ say setid-in-usr "$(find /usr -xdev -type f -perm /6000 2>/dev/null | oneline)"
 for pcr in 0 1 2 3 4 5 7 9 11 12 13 15; do
     say "pcr-sha256:$pcr" "$(cat /sys/class/tpm/tpm0/pcr-sha256/$pcr 2>/dev/null)"
 done
-say ipe-audit "$(dmesg | grep 'type=1420' | tail -n 8 | oneline)"
+# IPE audit records (type 1420): journald's audit transport keeps them all; the kernel log
+# may rate-limit them. Give kauditd a moment to hand over the ones just made.
+sleep 2
+say ipe-audit "$( (journalctl -b -q _TRANSPORT=audit -o cat; dmesg) 2>/dev/null \
+    | grep -e 'type=1420' -e 'ipe_op=' | grep -v '^$' | tail -n 12 | oneline)"
 say eventlog "$(base64 -w0 /sys/kernel/security/tpm0/binary_bios_measurements 2>/dev/null)"
 say units-failed "$(systemctl --failed --no-legend --plain | awk '{{print $1}}' | oneline)"
 say containerd "$(systemctl is-active containerd.service)"
 say system-state "$(systemctl is-system-running)"
+say version "$(. /usr/lib/os-release; echo "$IMAGE_VERSION")"
+say loader-entries "$(efivar LoaderEntries-{LOADER_GUID})"
+say stub-profile "$(cat /run/systemd/stub/profile 2>/dev/null | oneline)"
+say esp-ukis "$(ls /boot/EFI/Linux /efi/EFI/Linux 2>/dev/null | grep -v : | oneline)"
+action=$(cat /run/credentials/@system/{ACTION_CREDENTIAL} 2>/dev/null || echo report)
+say action "$action"
+case "$action" in
+update)
+    # The release directory of the next version arrives as a read-only erofs disk.
+    source=$(sed -n '/^\\[Source\\]/,/^\\[/s/^Path=//p' /usr/lib/sysupdate.d/50-usr.transfer)
+    mkdir -p "$source" && mount -o ro /dev/vdb "$source"
+    /usr/lib/systemd/systemd-sysupdate --no-pager update > /run/uvupdate.log 2>&1
+    say update-exit "$?"
+    say update-log "$(tail -n 12 /run/uvupdate.log | oneline)"
+    say esp-ukis-after "$(ls /boot/EFI/Linux /efi/EFI/Linux 2>/dev/null | grep -v : | oneline)"
+    # The kernel's view of the partition table is stale after sysupdate (the disk is busy):
+    # send the GPT itself (primary header and entries) for the host to parse.
+    say gpt-after "$(head -c 17408 /dev/vda | base64 -w0)"
+    ;;
+oneshot:*)
+    # The next boot (only) runs this boot loader entry (bootctl set-oneshot).
+    bootctl set-oneshot "${{action#oneshot:}}"
+    say oneshot-set "$?"
+    ;;
+esac
 printf '%s\\n' {END_MARKER} > "$out"
+sync
 systemctl poweroff --no-block
 """
 
@@ -101,10 +133,12 @@ def _credential(name: str, value: str) -> str:
     return f"type=11,value=io.systemd.credential.binary:{name}={encoded}"
 
 
-def checker_smbios() -> list[str]:
-    """The values of QEMU `-smbios` options that install and start the checker."""
+def checker_smbios(action: str = "report") -> list[str]:
+    """The values of QEMU `-smbios` options that install and start the checker; `action` is
+    what it does after reporting ("update": install the release on the second disk)."""
     return [
         _credential(SCRIPT_CREDENTIAL, CHECK_SCRIPT),
+        _credential(ACTION_CREDENTIAL, action),
         _credential(f"systemd.extra-unit.{UNIT}", _unit()),
         _credential("systemd.unit-dropin.multi-user.target~ultraviolet-check", _dropin()),
     ]
@@ -137,6 +171,14 @@ class GuestReport:
         try:
             raw = base64.b64decode(self.get(key), validate=True)
             return raw[4:].decode("utf-16-le").rstrip("\0")
+        except (ValueError, UnicodeDecodeError):
+            raise CheckerError(f"{key} is not a base64 UTF-16 EFI variable") from None
+
+    def efi_strings(self, key: str) -> list[str]:
+        """A UTF-16 EFI variable holding NUL-separated strings (LoaderEntries)."""
+        try:
+            raw = base64.b64decode(self.get(key), validate=True)
+            return [s for s in raw[4:].decode("utf-16-le").split("\0") if s]
         except (ValueError, UnicodeDecodeError):
             raise CheckerError(f"{key} is not a base64 UTF-16 EFI variable") from None
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ultraviolet.testbed.tamper import Patch, qemu_io_commands
-from ultraviolet.tools import ToolsChroot
+from ultraviolet.tools import Spawned, ToolsChroot
 
 OWNER_GUID = "a3f2a0f4-7f0e-4c55-9b3a-6f1d2b6c7e51"
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
@@ -39,6 +40,9 @@ class VmConfig:
     timeout: float = 420.0
     smbios: tuple[str, ...] = ()  # extra `-smbios` values (credentials for the checker)
     patches: tuple[Patch, ...] = ()  # written into the overlay before boot (tamper tests)
+    extra_disks: tuple[Path, ...] = ()  # read-only raw disks after the boot disk (updates)
+    settle: float = 0.0  # seconds to let the guest power off by itself after `until` matched
+    accelerator: str = "tcg"  # or "kvm" where testbed/accel.py's probe says it works
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,9 @@ class BootResult:
         )
 
 
-def _script(config: VmConfig, work: Path) -> str:
+def _script(config: VmConfig, work: Path, serial: str) -> str:
+    """The VM's shell script. Machine state (firmware variables, the disk overlay, the TPM)
+    is made only when missing, so the next boot of the same work directory continues it."""
     q = shlex.quote
     guid = OWNER_GUID
     smbios = "".join(f" \\\n    -smbios {q(value)}" for value in config.smbios)
@@ -77,50 +83,93 @@ def _script(config: VmConfig, work: Path) -> str:
     tamper = f"qemu-io -f qcow2{writes} disk.qcow2 >/dev/null\n" if writes else ""
     return f"""set -eu
 cd {q(str(work))}
-virt-fw-vars --input {OVMF_VARS} --output vars.fd --set-pk {guid} {q(str(config.pk))} \\
-    --add-kek {guid} {q(str(config.kek))} --add-db {guid} {q(str(config.db))} \\
-    --no-microsoft --secure-boot >/dev/null
-qemu-img create -q -f qcow2 -b {q(str(config.image))} -F raw disk.qcow2 {q(config.disk_size)}
+[ -e vars.fd ] || virt-fw-vars --input {OVMF_VARS} --output vars.fd \\
+    --set-pk {guid} {q(str(config.pk))} --add-kek {guid} {q(str(config.kek))} \\
+    --add-db {guid} {q(str(config.db))} --no-microsoft --secure-boot >/dev/null
+[ -e disk.qcow2 ] || \\
+    qemu-img create -q -f qcow2 -b {q(str(config.image))} -F raw disk.qcow2 {q(config.disk_size)}
 {tamper}mkdir -p tpm
+rm -f swtpm.sock
 swtpm socket --tpm2 --tpmstate dir=tpm --ctrl type=unixio,path=swtpm.sock \\
     --flags not-need-init,startup-clear &
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -S swtpm.sock ] && break; sleep 0.5; done
-exec qemu-system-x86_64 -machine q35,smm=on -accel tcg,thread=multi -cpu max -smp 2 \\
+exec qemu-system-x86_64 -machine q35,smm=on {_accelerator(config)} -smp 2 \\
     -m {q(config.memory)} -global driver=cfi.pflash01,property=secure,value=on \\
     -drive if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE} \\
     -drive if=pflash,format=raw,unit=1,file=vars.fd \\
     -chardev socket,id=chrtpm,path=swtpm.sock -tpmdev emulator,id=tpm0,chardev=chrtpm \\
     -device tpm-tis,tpmdev=tpm0 \\
     -drive if=none,id=disk,format=qcow2,file=disk.qcow2 \\
-    -device virtio-blk-pci,drive=disk,bootindex=1 \\
-    -display none -serial file:serial.log -no-reboot{smbios}
+    -device virtio-blk-pci,drive=disk,bootindex=1{_extra_disks(config)} \\
+    -display none -serial file:{serial} -no-reboot{smbios}
 """
 
 
+def _accelerator(config: VmConfig) -> str:
+    if config.accelerator == "kvm":
+        return "-accel kvm -cpu host"
+    return "-accel tcg,thread=multi -cpu max"
+
+
+def _extra_disks(config: VmConfig) -> str:
+    q = shlex.quote
+    return "".join(
+        f" \\\n    -drive if=none,id=extra{n},format=raw,readonly=on,file={q(str(path))}"
+        f" -device virtio-blk-pci,drive=extra{n}"
+        for n, path in enumerate(config.extra_disks)
+    )
+
+
+STATE_FILES = ("vars.fd", "disk.qcow2", "tpm")
+
+
 def boot(config: VmConfig, until: re.Pattern[str], work: Path, chroot: ToolsChroot) -> BootResult:
-    """Boot until `until` shows on the serial console (or failure / timeout), then stop."""
+    """A fresh machine (new firmware variables, disk overlay and TPM) booted until `until`."""
+    for name in STATE_FILES:
+        path = work / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return boot_again(config, until, work, chroot)
+
+
+def boot_again(
+    config: VmConfig, until: re.Pattern[str], work: Path, chroot: ToolsChroot
+) -> BootResult:
+    """Boot the machine in `work` as it was left (disk, TPM, firmware variables): a reboot.
+
+    Stops on `until` (then gives the guest `config.settle` seconds to power off by itself, so
+    its disk is left clean), on a failure pattern, when QEMU exits, or at the timeout."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "vm.sh").write_text(_script(config, work))
-    serial = work / "serial.log"
-    serial.unlink(missing_ok=True)
-    log = work / "vm.log"
+    index = len(list(work.glob("serial-*.log")))
+    serial, log = work / f"serial-{index}.log", work / f"vm-{index}.log"
+    (work / "vm.sh").write_text(_script(config, work, serial.name))
     binds = {work, config.image.parent, config.pk.parent, config.kek.parent, config.db.parent}
+    binds.update(path.parent for path in config.extra_disks)
     started = time.monotonic()
     vm = chroot.spawn(["sh", str(work / "vm.sh")], log=log, binds=sorted(binds))
-    verdict = "timeout"
     try:
-        while time.monotonic() - started < config.timeout:
-            text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
-            if until.search(text):
-                verdict = "matched"
-                break
-            if FAILURE.search(text):
-                verdict = "failed"
-                break
-            if not vm.running():
-                verdict = "exited"
-                break
-            time.sleep(1.0)
+        verdict = _watch(vm, serial, until, started, config.timeout)
+        if verdict == "matched":
+            settle_until = time.monotonic() + config.settle
+            while vm.running() and time.monotonic() < settle_until:
+                time.sleep(0.5)
     finally:
         vm.stop()
     return BootResult(verdict, time.monotonic() - started, serial, log)
+
+
+def _watch(
+    vm: Spawned, serial: Path, until: re.Pattern[str], started: float, timeout: float
+) -> str:
+    while time.monotonic() - started < timeout:
+        text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
+        if until.search(text):
+            return "matched"
+        if FAILURE.search(text):
+            return "failed"
+        if not vm.running():
+            return "exited"
+        time.sleep(1.0)
+    return "timeout"

@@ -1,0 +1,123 @@
+"""A/B update for real: version 1.0.0 boots, systemd-sysupdate in the guest installs 1.0.1 from
+a local release directory (a read-only disk, as the policy's Source= points) into the empty B
+slots and the ESP with boot counting, and the next boot runs 1.0.1 from the B slot."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ultraviolet.build.keyset import KeySet
+from ultraviolet.build.node import BuildResult, build_cached_node, example_policy_path
+from ultraviolet.formats.gpt import parse_gpt, root_hash_partition_uuids
+from ultraviolet.formats.reference import Reference, parse_reference
+from ultraviolet.policy import load_policy, parse_policy
+from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
+from ultraviolet.testbed.releasedisk import release_disk
+from ultraviolet.testbed.vm import VmConfig, boot, boot_again
+from ultraviolet.tools import ToolsChroot
+
+pytestmark = pytest.mark.vm
+
+DONE = re.compile(END_MARKER)
+PHASES = "enter-initrd:leave-initrd:sysinit:ready"
+
+
+@dataclass(frozen=True)
+class UpdateRun:
+    before: GuestReport  # first boot of 1.0.0, then the update
+    after: GuestReport  # the boot after it
+    old: Reference
+    new: Reference
+    machine: Path
+
+
+@pytest.fixture(scope="module")
+def releases(tools_chroot: ToolsChroot) -> tuple[BuildResult, BuildResult, KeySet]:
+    example = example_policy_path()
+    old, keys = build_cached_node(load_policy(example))
+    text = example.read_text().replace('version = "1.0.0"', 'version = "1.0.1"')
+    new, _ = build_cached_node(parse_policy(text, source=str(example)), keys=keys.directory)
+    return old, new, keys
+
+
+@pytest.fixture(scope="module")
+def update_run(
+    releases: tuple[BuildResult, BuildResult, KeySet],
+    tools_chroot: ToolsChroot,
+    tmp_path_factory: pytest.TempPathFactory,
+    accelerator: str,
+) -> UpdateRun:
+    old, new, keys = releases
+    work = tmp_path_factory.mktemp("update")
+    disk = release_disk(new.release, "container-host_1.0.1", work / "release.erofs", tools_chroot)
+    config = VmConfig(
+        image=old.image,
+        pk=keys.signer("pk").certificate_path,
+        kek=keys.signer("kek").certificate_path,
+        db=keys.signer("db").certificate_path,
+        accelerator=accelerator,
+        smbios=tuple(checker_smbios("update")),
+        extra_disks=(disk,),
+        settle=120,
+        timeout=900,
+    )
+    machine = work / "machine"
+    first = boot(config, DONE, machine, tools_chroot)
+    assert first.ok, first.explain()
+    second = boot_again(
+        dataclasses.replace(config, smbios=tuple(checker_smbios())), DONE, machine, tools_chroot
+    )
+    assert second.ok, second.explain()
+    return UpdateRun(
+        parse_report(first.console()),
+        parse_report(second.console()),
+        parse_reference(old.reference.read_bytes()),
+        parse_reference(new.reference.read_bytes()),
+        machine,
+    )
+
+
+def test_sysupdate_installs_the_next_version(update_run: UpdateRun) -> None:
+    before = update_run.before
+    assert before.get("version") == "1.0.0"
+    assert before.get("update-exit") == "0", before.get("update-log")
+    ukis = before.listed("esp-ukis-after")
+    assert "container-host_1.0.1+3-0.efi" in ukis, ukis  # TriesLeft=3 from the policy
+    assert "container-host_1.0.0.efi" in ukis
+    # The B slot, read from the GPT the guest sent: labelled with the new version, and the usr
+    # and usr-verity partition UUIDs derived from the new root hash (usrhash= alone finds them).
+    table = parse_gpt(base64.b64decode(before.get("gpt-after")))
+    slots = {(p.type.name if p.type else "?", p.label, p.uuid) for p in table.partitions}
+    data_uuid, verity_uuid = root_hash_partition_uuids(update_run.new.usr_root_hash)
+    assert ("usr", "container-host_1.0.1", data_uuid) in slots, slots
+    assert ("usr-verity", "container-host_1.0.1", verity_uuid) in slots, slots
+    assert any(kind == "usr-verity-sig" and "1.0.1" in label for kind, label, _ in slots)
+    assert sum(label == "_empty" for _, label, _ in slots) == 0
+
+
+def test_next_boot_runs_the_new_version_from_the_b_slot(update_run: UpdateRun) -> None:
+    after, new = update_run.after, update_run.new
+    assert after.get("version") == "1.0.1"
+    assert after.efi_string("loader-entry") == "container-host_1.0.1.efi"
+    assert "ID=main" in after.listed("stub-profile")  # loader.conf's default: the main profile
+    assert f"usrhash={new.usr_root_hash.hex()}" in after.get("cmdline").split()
+    assert after.get("exec-usr") == "0"  # the B slot's signature checked by the kernel
+    assert after.pcr(11) == new.pcr11["main"][PHASES]
+    assert after.pcr(11) != update_run.old.pcr11["main"][PHASES]
+    assert after.get("units-failed") == ""
+    # Same encrypted root as before the update, unlocked by the TPM without a prompt.
+    roots = [[d for d in r.all("dm") if d.startswith("root ")] for r in (update_run.before, after)]
+    assert roots[0] == roots[1] and roots[0], roots
+
+
+def test_a_good_boot_is_blessed(update_run: UpdateRun) -> None:
+    # systemd-bless-boot drops the counter once boot-complete.target is reached.
+    ukis = update_run.after.listed("esp-ukis")
+    assert "container-host_1.0.1.efi" in ukis, ukis
+    assert not any(u.startswith("container-host_1.0.1+") for u in ukis), ukis
