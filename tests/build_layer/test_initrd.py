@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ultraviolet.build.initrd import LOADER, LOADER_SCRIPT, SERVICE, initrd_extension
+from ultraviolet.build.initrd import (
+    LOADER,
+    LOADER_SCRIPT,
+    ROOT_UNLOCK_DROPIN,
+    SERVICE,
+    initrd_extension,
+)
 from ultraviolet.formats.cpio import read_cpio
 from ultraviolet.formats.unitfile import parse_unit
 from ultraviolet.policy import parse_policy
@@ -28,6 +34,8 @@ def test_contents() -> None:
     service = parse_unit(entries[f"usr/lib/systemd/system/{SERVICE}"].data.decode())
     assert service.get("Service", "ExecStart") == "/" + LOADER
     assert "initrd-switch-root.target" in (service.get("Unit", "Before") or "")
+    dropin = parse_unit(entries[ROOT_UNLOCK_DROPIN].data.decode())
+    assert dropin.get("Unit", "After") == "systemd-repart.service"
     # every parent directory comes before its children
     paths = list(entries)
     for path in paths:

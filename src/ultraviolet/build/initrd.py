@@ -82,11 +82,23 @@ def _directories(paths: list[str]) -> list[CpioEntry]:
     return [CpioEntry.directory(d) for d in seen]
 
 
+ROOT_UNLOCK_DROPIN = "usr/lib/systemd/system/systemd-cryptsetup@root.service.d/10-ultraviolet.conf"
+
+
+def _root_unlock_after_repart() -> str:
+    # On a factory reset systemd-repart replaces root with a new LUKS volume in the initrd;
+    # unlocking the old one at the same time maps the new ciphertext with the old key, and the
+    # fresh file system reads as garbage (seen in the VM: ext4 checksum errors, emergency mode).
+    return render_unit(unit(("Unit", [("After", "systemd-repart.service")])))
+
+
 def initrd_extension(policy: NodePolicy, ipe_signed: bytes | None) -> bytes:
     files = [
         CpioEntry.file(f"usr/lib/repart.d/{name}", render_unit(definition).encode())
         for name, definition in first_boot_repart(policy).items()
     ]
+    if policy.storage.root_encryption != "off":
+        files.append(CpioEntry.file(ROOT_UNLOCK_DROPIN, _root_unlock_after_repart().encode()))
     ipe = build_ipe_policy(policy)
     if ipe is not None and ipe_signed is not None:
         files += [
