@@ -60,7 +60,10 @@ def test_etc_is_kept_in_usr_without_per_node_files(tmp_path: Path) -> None:
 
 
 def test_preset_file() -> None:
-    assert preset_file(["containerd.service"]).splitlines()[1:] == ["enable containerd.service"]
+    assert preset_file(["containerd.service"]).splitlines()[1:] == [
+        "enable containerd.service",
+        "disable systemd-pcrlock-make-policy.service",
+    ]
 
 
 @pytest.mark.oracle

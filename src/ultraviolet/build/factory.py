@@ -30,9 +30,17 @@ NOT_FROM_FACTORY = (
 )
 
 
+# Presets are first-match: these win over systemd's own 90-systemd.preset.
+# systemd-pcrlock-make-policy keeps a TPM NV policy for pcrlock-bound secrets; nodes bind root
+# with systemd-repart's TPM2 enrollment instead, and after an A/B update the service failed
+# (seen in the VM), so it is off.
+DISABLED_UNITS = ("systemd-pcrlock-make-policy.service",)
+
+
 def preset_file(enabled_units: Iterable[str]) -> str:
-    lines = ["# Rendered by Ultraviolet from the node policy: enabled on first boot."]
+    lines = ["# Rendered by Ultraviolet from the node policy: applied on first boot."]
     lines += [f"enable {unit}" for unit in enabled_units]
+    lines += [f"disable {unit}" for unit in DISABLED_UNITS]
     return "\n".join(lines) + "\n"
 
 

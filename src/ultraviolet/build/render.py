@@ -208,10 +208,8 @@ def render_tree(policy: NodePolicy, directory: Path) -> RenderedTree:
         finalize_script(policy.integrity.suid_allow, policy.integrity.capabilities_allow)
         + factory_etc_script()
     )
-    units = RUNTIME_UNITS[policy.workloads.container_runtime]
-    if units:
-        (extra / PRESET).parent.mkdir(parents=True, exist_ok=True)
-        (extra / PRESET).write_text(preset_file(units))
+    (extra / PRESET).parent.mkdir(parents=True, exist_ok=True)
+    (extra / PRESET).write_text(preset_file(RUNTIME_UNITS[policy.workloads.container_runtime]))
     script.chmod(0o755)
     _copy_sandbox(directory)
     _copy_extra_tree(policy, extra)
