@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from ultraviolet.build.keyset import KeySet
 from ultraviolet.testbed.accel import ProbeResult, choose_accelerator
-from ultraviolet.testbed.vm import OVMF_CODE, OVMF_VARS
+from ultraviolet.testbed.vm import OVMF_CODE, OVMF_VARS, VmConfig
 from ultraviolet.tools import ToolsChroot
 
 
@@ -16,3 +20,15 @@ def accelerator(tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFact
     )
     print(f"VM accelerator: {probe.accelerator} ({probe.reason}, probe {probe.seconds:.1f} s)")
     return probe.accelerator
+
+
+def vm_config(image: Path, keys: KeySet, accelerator: str, **options: Any) -> VmConfig:
+    """A VM for `image` with the key set's PK/KEK/db enrolled (what every VM test boots)."""
+    return VmConfig(
+        image=image,
+        pk=keys.signer("pk").certificate_path,
+        kek=keys.signer("kek").certificate_path,
+        db=keys.signer("db").certificate_path,
+        accelerator=accelerator,
+        **options,
+    )

@@ -22,8 +22,10 @@ from ultraviolet.formats.fat import FatVolume
 from ultraviolet.formats.reference import Reference, parse_reference
 from ultraviolet.policy import load_policy
 from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
-from ultraviolet.testbed.vm import BootResult, VmConfig, boot
+from ultraviolet.testbed.vm import BootResult, boot
 from ultraviolet.tools import ToolsChroot
+
+from .conftest import vm_config
 
 pytestmark = pytest.mark.vm
 APPLICATION = "EV_EFI_BOOT_SERVICES_APPLICATION"
@@ -44,12 +46,10 @@ def first_boot(
     tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
 ) -> CheckedBoot:
     result, keys = build_cached_node(load_policy(example_policy_path()))
-    config = VmConfig(
-        image=result.image,
-        pk=keys.signer("pk").certificate_path,
-        kek=keys.signer("kek").certificate_path,
-        db=keys.signer("db").certificate_path,
-        accelerator=accelerator,
+    config = vm_config(
+        result.image,
+        keys,
+        accelerator,
         smbios=tuple(checker_smbios()),
     )
     work = tmp_path_factory.mktemp("vm")

@@ -12,8 +12,10 @@ import pytest
 from ultraviolet.build.node import build_cached_node, example_policy_path
 from ultraviolet.policy import load_policy
 from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
-from ultraviolet.testbed.vm import VmConfig, boot, boot_again
+from ultraviolet.testbed.vm import boot, boot_again
 from ultraviolet.tools import ToolsChroot
+
+from .conftest import vm_config
 
 pytestmark = pytest.mark.vm
 
@@ -32,12 +34,10 @@ def three_boots(
     tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
 ) -> list[GuestReport]:
     result, keys = build_cached_node(load_policy(example_policy_path()))
-    config = VmConfig(
-        image=result.image,
-        pk=keys.signer("pk").certificate_path,
-        kek=keys.signer("kek").certificate_path,
-        db=keys.signer("db").certificate_path,
-        accelerator=accelerator,
+    config = vm_config(
+        result.image,
+        keys,
+        accelerator,
         # the UKI's factory-reset profile is a boot entry of its own: ID@PROFILE-ID
         smbios=tuple(checker_smbios(f"oneshot:{result.uki.name}@factory-reset")),
         settle=120,

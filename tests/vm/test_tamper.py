@@ -14,8 +14,10 @@ from ultraviolet.build.keyset import KeySet
 from ultraviolet.build.node import BuildResult, build_cached_node, example_policy_path
 from ultraviolet.policy import load_policy
 from ultraviolet.testbed import tamper
-from ultraviolet.testbed.vm import BootResult, VmConfig, boot
+from ultraviolet.testbed.vm import BootResult, boot
 from ultraviolet.tools import ToolsChroot
+
+from .conftest import vm_config
 
 pytestmark = pytest.mark.vm
 
@@ -38,12 +40,10 @@ def _boot_tampered(
     accelerator: str,
 ) -> BootResult:
     result, keys = example
-    config = VmConfig(
-        image=result.image,
-        pk=keys.signer("pk").certificate_path,
-        kek=keys.signer("kek").certificate_path,
-        db=keys.signer("db").certificate_path,
-        accelerator=accelerator,
+    config = vm_config(
+        result.image,
+        keys,
+        accelerator,
         patches=tuple(patches(result.image)),
         timeout=300,
     )

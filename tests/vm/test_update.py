@@ -19,8 +19,10 @@ from ultraviolet.formats.reference import Reference, parse_reference
 from ultraviolet.policy import load_policy, parse_policy
 from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
 from ultraviolet.testbed.releasedisk import release_disk
-from ultraviolet.testbed.vm import VmConfig, boot, boot_again
+from ultraviolet.testbed.vm import boot, boot_again
 from ultraviolet.tools import ToolsChroot
+
+from .conftest import vm_config
 
 pytestmark = pytest.mark.vm
 
@@ -56,12 +58,10 @@ def update_run(
     old, new, keys = releases
     work = tmp_path_factory.mktemp("update")
     disk = release_disk(new.release, "container-host_1.0.1", work / "release.erofs", tools_chroot)
-    config = VmConfig(
-        image=old.image,
-        pk=keys.signer("pk").certificate_path,
-        kek=keys.signer("kek").certificate_path,
-        db=keys.signer("db").certificate_path,
-        accelerator=accelerator,
+    config = vm_config(
+        old.image,
+        keys,
+        accelerator,
         smbios=tuple(checker_smbios("update")),
         extra_disks=(disk,),
         settle=120,
