@@ -6,6 +6,7 @@ import pytest
 
 from ultraviolet.build.rootsig import OPTION, PROFILE_OPTIONS, reassemble_uki, with_option
 from ultraviolet.errors import BuildError
+from ultraviolet.formats.pcr import predict_pcr11
 from ultraviolet.formats.uki import build_uki, parse_uki
 
 from ..formats.pe_samples import minimal_pe
@@ -43,8 +44,13 @@ def test_profiles_are_appended() -> None:
     original = build_uki(STUB, [(".cmdline", b"usrhash=ab"), (".linux", b"K" * 100)])
     profiles = [PROFILE_OPTIONS["factory-reset"]]
     rebuilt = parse_uki(reassemble_uki(original, STUB, OPTION + "S", profiles))
-    assert [p.id for p in rebuilt.profiles] == ["main", "factory-reset"]
-    assert rebuilt.profiles[1].cmdline == f"usrhash=ab {OPTION}S systemd.factory_reset=1"
+    assert [p.id for p in rebuilt.profiles] == ["main", "main", "factory-reset"]
+    assert rebuilt.profiles[2].cmdline == f"usrhash=ab {OPTION}S systemd.factory_reset=1"
     assert rebuilt.profiles[0].cmdline == rebuilt.cmdline
+    # The twin of main (what systemd-boot 257 starts on a trial boot) measures the same.
+    twin, main = (rebuilt.profiles[n].sections for n in (1, 0))
+    assert {k: s.data for k, s in twin.items()} == {k: s.data for k, s in main.items()}
+    assert predict_pcr11(rebuilt, profile=1) == predict_pcr11(rebuilt, profile=0)
+    assert predict_pcr11(rebuilt, profile=2) != predict_pcr11(rebuilt, profile=0)
     with pytest.raises(BuildError, match="already has profiles"):
         reassemble_uki(reassemble_uki(original, STUB, "x", profiles), STUB, "y")

@@ -13,6 +13,7 @@ from ultraviolet.build.definitions import (
     verity_slot_size,
 )
 from ultraviolet.build.factory import PRESET, factory_etc_script, preset_file
+from ultraviolet.build.health import health_files
 from ultraviolet.build.mkosi import embedded_tree
 from ultraviolet.build.truths import NOEXEC_CMDLINE, finalize_script
 from ultraviolet.errors import BuildError
@@ -210,6 +211,9 @@ def render_tree(policy: NodePolicy, directory: Path) -> RenderedTree:
     )
     (extra / PRESET).parent.mkdir(parents=True, exist_ok=True)
     (extra / PRESET).write_text(preset_file(RUNTIME_UNITS[policy.workloads.container_runtime]))
+    for relative, content in health_files(policy).items():
+        (extra / relative).parent.mkdir(parents=True, exist_ok=True)
+        (extra / relative).write_text(content)
     script.chmod(0o755)
     _copy_sandbox(directory)
     _copy_extra_tree(policy, extra)

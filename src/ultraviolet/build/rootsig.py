@@ -101,7 +101,7 @@ def reassemble_uki(
 ) -> bytes:
     """The UKI's base sections again, on the bare stub, with `cmdline_extra` and `option` added
     to .cmdline and `initrd_extra` (a cpio) appended to .initrd; with `profiles`, a main profile
-    and one profile per entry whose .cmdline adds its options."""
+    (twice, see below) and one profile per entry whose .cmdline adds its options."""
     parsed = parse_uki(uki)
     if parsed.profiles:
         raise BuildError("the UKI already has profiles; expected mkosi's single-profile UKI")
@@ -115,7 +115,12 @@ def reassemble_uki(
         (s.name, _section_data(s.name, s.data, cmdline, initrd_extra)) for s in parsed.sections
     ]
     if profiles:
-        sections.append((".profile", _profile_text("main", "Main")))
+        main = _profile_text("main", "Main")
+        # Profile 1 is a byte-identical twin of main (same .profile, the base .cmdline, so the
+        # same PCR 11): systemd-boot 257 gives every profile of a UKI that still carries boot
+        # counters the ID of profile 0 and sorts the secondary profiles first, so the loader's
+        # default starts profile 1 on a trial boot after an update (fixed upstream after 257).
+        sections += [(".profile", main), (".profile", main)]
         for profile in profiles:
             extended = " ".join((cmdline, *profile.cmdline))
             if len(extended) >= CMDLINE_LIMIT:

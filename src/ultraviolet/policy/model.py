@@ -25,6 +25,8 @@ class BootSection:
     cmdline: tuple[str, ...]
     profiles: tuple[str, ...]
     tries: int
+    health_units: tuple[str, ...]
+    health_checks: tuple[str, ...]
     secure_boot: bool
     secure_boot_auto_enroll: bool
 

@@ -91,6 +91,12 @@ _IMAGE_REF = _pattern(
     r"[a-z0-9./_:-]+@sha256:[0-9a-f]{64}", "an OCI reference pinned by digest (name@sha256:HEX)"
 )
 _ABS_PATH = _pattern(r"/\S+", "absolute paths")
+_UNIT_NAME = _pattern(
+    r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target|mount|path|timer)", "systemd unit names"
+)
+# One ExecStart= line: an absolute program path, then words; no specifiers, quotes or
+# line breaks (they would mean something else to systemd).
+_COMMAND = _pattern(r"/[^\s%\"'\\;]+( [^\s%\"'\\;]+)*", "a command: /absolute/program arg ...")
 
 FIELDS: tuple[Field, ...] = (
     # [image]
@@ -177,6 +183,27 @@ FIELDS: tuple[Field, ...] = (
         3,
         "Boot counting: tries of a new version before systemd-boot falls back.",
         check=_int_range(1, 16),
+    ),
+    Field(
+        "boot",
+        "health_units",
+        Kind.STRING_LIST,
+        [],
+        "Units that must be active before a new version's trial boot counts as good "
+        "(boot assessment); a failed check reboots, and after `tries` failures the previous "
+        "version boots again.",
+        check=_UNIT_NAME,
+        example='["containerd.service"]',
+    ),
+    Field(
+        "boot",
+        "health_checks",
+        Kind.STRING_LIST,
+        [],
+        "Commands (absolute path, then arguments) that must succeed, after health_units, "
+        "before a trial boot counts as good.",
+        check=_COMMAND,
+        example='["/usr/bin/ctr version"]',
     ),
     Field(
         "boot",
