@@ -78,6 +78,7 @@ say ipe-audit "$( (journalctl -b -q _TRANSPORT=audit -o cat; dmesg) 2>/dev/null 
 say eventlog "$(base64 -w0 /sys/kernel/security/tpm0/binary_bios_measurements 2>/dev/null)"
 say units-failed "$(systemctl --failed --no-legend --plain | awk '{{print $1}}' | oneline)"
 say containerd "$(systemctl is-active containerd.service)"
+say health "$(systemctl is-active ultraviolet-health.service)"
 say system-state "$(systemctl is-system-running)"
 say version "$(. /usr/lib/os-release; echo "$IMAGE_VERSION")"
 say loader-entries "$(efivar LoaderEntries-{LOADER_GUID})"
@@ -90,6 +91,7 @@ update)
     # The release directory of the next version arrives as a read-only erofs disk.
     source=$(sed -n '/^\\[Source\\]/,/^\\[/s/^Path=//p' /usr/lib/sysupdate.d/50-usr.transfer)
     mkdir -p "$source" && mount -o ro /dev/vdb "$source"
+    say update-started "$(date +%s)"
     /usr/lib/systemd/systemd-sysupdate --no-pager update > /run/uvupdate.log 2>&1
     say update-exit "$?"
     say update-log "$(tail -n 12 /run/uvupdate.log | oneline)"
@@ -113,7 +115,9 @@ systemctl poweroff --no-block
 def _unit() -> str:
     return f"""[Unit]
 Description=Ultraviolet in-guest checker (test credential)
-After=multi-user.target systemd-pcrphase.service
+# On a trial boot (boot counting), report once boot assessment is done: the health gate
+# has passed and systemd-bless-boot has renamed the UKI (ordering only: no-ops otherwise).
+After=multi-user.target systemd-pcrphase.service boot-complete.target systemd-bless-boot.service
 
 [Service]
 Type=oneshot
