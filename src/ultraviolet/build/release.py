@@ -21,6 +21,7 @@ from ultraviolet.build.mkosi import MkosiOutputs
 from ultraviolet.diskimage import map_file, open_disk_image
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.authenticode import authenticode_digest
+from ultraviolet.formats.fat import FatVolume
 from ultraviolet.formats.gpt import root_hash_partition_uuids
 from ultraviolet.formats.pcr import predicted_pcr11
 from ultraviolet.formats.reference import Reference, render_reference
@@ -102,6 +103,20 @@ def _usr_root_hash(image: Path) -> bytes:
         return parse_verity_sig(disk.partition_bytes(signatures[0])).root_hash
 
 
+# What the firmware starts from the ESP (and measures into PCR 4 before the UKI).
+BOOT_LOADER_FILE = "EFI/BOOT/BOOTX64.EFI"
+REFERENCE_CERTIFICATE_ROLES = ("pk", "kek", "db", "verity", "ipe", "update")
+
+
+def _boot_loader_digest(image: Path) -> bytes:
+    with open_disk_image(image) as disk:
+        esps = disk.partitions_of_type("esp")
+        if len(esps) != 1:
+            raise BuildError(f"{image}: expected one ESP, found {len(esps)}")
+        loader = FatVolume.parse(disk.partition_bytes(esps[0])).read_file(BOOT_LOADER_FILE)
+    return authenticode_digest(loader)
+
+
 def reference_values(
     policy: NodePolicy, image: Path, uki: Path, keys: KeySet, ipe_signed: bytes | None
 ) -> Reference:
@@ -112,13 +127,15 @@ def reference_values(
         name=policy.image.name,
         version=policy.image.version,
         usr_root_hash=_usr_root_hash(image),
-        certificates={role: _fingerprint(keys, role) for role in ("db", "verity", "ipe", "update")},
+        certificates={role: _fingerprint(keys, role) for role in REFERENCE_CERTIFICATE_ROLES},
         uki_file=uki.name,
         uki_authenticode_sha256=uki_digest,
         uki_cmdline=parsed.cmdline or "",
         ipe_policy_sha256=hashlib.sha256(ipe_signed).digest() if ipe_signed else None,
         node_policy_sha256=bytes.fromhex(policy.digest),
         pcr11=predicted_pcr11(parsed),
+        boot_loader_file=BOOT_LOADER_FILE,
+        boot_loader_authenticode_sha256=_boot_loader_digest(image),
     )
 
 

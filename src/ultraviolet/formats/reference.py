@@ -2,10 +2,11 @@
 `uvctl verify --reference` and, later, by the attestation verifier).
 
 {
-  "format": 1,
+  "format": 2,
   "image": {"name": "...", "version": "..."},
   "usr_root_hash": "<hex>",
-  "certificates": {"db": "<sha256 of DER>", "verity": ..., "ipe": ..., "update": ...},
+  "certificates": {"pk": "<sha256 of DER>", "kek": ..., "db": ..., "verity": ..., ...},
+  "boot_loader": {"file": "EFI/BOOT/BOOTX64.EFI", "authenticode_sha256": "<hex>"},
   "uki": {"file": "NAME_VERSION.efi", "authenticode_sha256": "<hex>", "cmdline": "..."},
   "ipe_policy_sha256": "<hex>" | null,
   "node_policy_sha256": "<hex>",
@@ -14,6 +15,10 @@
 
 Parsing is strict (unknown keys, wrong types and malformed hex are errors naming the key):
 a reference that silently lost a field would make a check pass that should not run.
+
+Format 2 added what the attestation verifier checks PCR 4 and 7 against: the systemd-boot
+Authenticode digest ("boot_loader") and the PK and KEK fingerprints (required in format 2).
+Format 1 documents (releases built before) still parse, without them; the verifier refuses them.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ultraviolet.errors import FormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+SECURE_BOOT_ROLES = ("pk", "kek", "db")  # required in format 2
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
 _DIGEST_HEX_LENGTHS = (40, 64, 96, 128)  # sha1/sha256/sha384/sha512 PCR banks
 
@@ -47,11 +54,19 @@ class Reference:
     ipe_policy_sha256: bytes | None
     node_policy_sha256: bytes
     pcr11: Mapping[str, Mapping[str, bytes]]  # profile -> boot phase path -> PCR value
+    # Format 2: the ESP's systemd-boot (what the firmware measures into PCR 4 before the UKI).
+    boot_loader_file: str | None = None
+    boot_loader_authenticode_sha256: bytes | None = None
+
+    @property
+    def format(self) -> int:
+        """1 for a reference without the boot loader (and PK/KEK), else 2."""
+        return 1 if self.boot_loader_authenticode_sha256 is None else FORMAT_VERSION
 
 
 def render_reference(reference: Reference) -> str:
-    document = {
-        "format": FORMAT_VERSION,
+    document: dict[str, Any] = {
+        "format": reference.format,
         "image": {"name": reference.name, "version": reference.version},
         "usr_root_hash": reference.usr_root_hash.hex(),
         "certificates": {role: fp.hex() for role, fp in reference.certificates.items()},
@@ -69,6 +84,11 @@ def render_reference(reference: Reference) -> str:
             for profile, phases in reference.pcr11.items()
         },
     }
+    if reference.boot_loader_authenticode_sha256 is not None:
+        document["boot_loader"] = {
+            "file": reference.boot_loader_file or "",
+            "authenticode_sha256": reference.boot_loader_authenticode_sha256.hex(),
+        }
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -79,8 +99,11 @@ def parse_reference(data: bytes) -> Reference:
         position = getattr(exc, "pos", None)
         raise ReferenceError("reference.json", f"not JSON: {exc}", position) from None
     top = _Object(document, "reference.json")
-    if top.get("format", int) != FORMAT_VERSION:
-        raise ReferenceError("reference.json", f"format must be {FORMAT_VERSION}")
+    version = top.get("format", int)
+    if version not in READABLE_FORMATS:
+        raise ReferenceError(
+            "reference.json", f"format must be {' or '.join(map(str, READABLE_FORMATS))}"
+        )
     image = top.object("image")
     uki = top.object("uki")
     ipe = top.raw("ipe_policy_sha256")
@@ -88,7 +111,7 @@ def parse_reference(data: bytes) -> Reference:
         name=image.get("name", str),
         version=image.get("version", str),
         usr_root_hash=top.hex("usr_root_hash", (64,)),
-        certificates=_certificates(top.object("certificates")),
+        certificates=_certificates(top.object("certificates"), version),
         uki_file=uki.get("file", str),
         uki_authenticode_sha256=uki.hex("authenticode_sha256", (64,)),
         uki_cmdline=uki.get("cmdline", str),
@@ -96,13 +119,26 @@ def parse_reference(data: bytes) -> Reference:
         node_policy_sha256=top.hex("node_policy_sha256", (64,)),
         pcr11=_pcr11(top.object("pcr11")),
     )
-    for section in (top, image, uki):
+    sections = [top, image, uki]
+    if version >= 2:
+        boot_loader = top.object("boot_loader")
+        reference = replace(
+            reference,
+            boot_loader_file=boot_loader.get("file", str),
+            boot_loader_authenticode_sha256=boot_loader.hex("authenticode_sha256", (64,)),
+        )
+        sections.append(boot_loader)
+    for section in sections:
         section.no_unknown_keys()
     return reference
 
 
-def _certificates(section: _Object) -> dict[str, bytes]:
-    return {role: section.hex(role, (64,)) for role in section.members()}
+def _certificates(section: _Object, version: int) -> dict[str, bytes]:
+    certificates = {role: section.hex(role, (64,)) for role in section.members()}
+    missing = [role for role in SECURE_BOOT_ROLES if role not in certificates]
+    if version >= 2 and missing:
+        raise ReferenceError(section.where, f"missing key(s): {', '.join(missing)}")
+    return certificates
 
 
 def _pcr11(section: _Object) -> dict[str, dict[str, bytes]]:
