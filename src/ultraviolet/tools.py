@@ -186,6 +186,34 @@ def run_host(
     )
 
 
+def spawn_host(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None) -> Spawned:
+    """Start a host program in the background (own process group, output to `log`), e.g. a
+    server that a test stops and restarts."""
+    return _spawn(argv, env=_host_env(env), log=log, shown=argv)
+
+
+def _spawn(
+    command: Sequence[str], *, env: Mapping[str, str], log: Path, shown: Sequence[str]
+) -> Spawned:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log_handle = log.open("wb")
+    try:
+        process = subprocess.Popen(
+            list(command),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ToolError(shown, None, str(exc)) from exc
+    finally:
+        log_handle.close()
+    log.parent.joinpath(log.name + ".cmd").write_text(" ".join(shown) + "\n")
+    return Spawned(tuple(shown), process)
+
+
 # Runs as `sh -c SCRIPT sh ROOT CWD NBINDS BIND... -- ENV... -- ARGV...` inside a fresh mount
 # namespace (unshare). mkosi's own sandbox needs / to be a mount point, hence the self-bind.
 _ENTER_SCRIPT = r"""
@@ -299,24 +327,7 @@ class ToolsChroot:
         """Start `argv` in the chroot in the background (own process group, output to `log`);
         for long-running programs such as a VM that the caller watches and stops."""
         command = self._command(argv, binds, cwd, env)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        shown = ["[tools]", *argv]
-        log_handle = log.open("wb")
-        try:
-            process = subprocess.Popen(
-                command,
-                env=_host_env(None),
-                stdin=subprocess.DEVNULL,
-                stdout=log_handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise ToolError(shown, None, str(exc)) from exc
-        finally:
-            log_handle.close()
-        log.parent.joinpath(log.name + ".cmd").write_text(" ".join(shown) + "\n")
-        return Spawned(tuple(shown), process)
+        return _spawn(command, env=_host_env(None), log=log, shown=["[tools]", *argv])
 
     def _command(
         self,

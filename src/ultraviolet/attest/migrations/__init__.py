@@ -1,0 +1,1 @@
+"""Alembic migrations of the verifier's store (run by store.upgrade, never by hand)."""

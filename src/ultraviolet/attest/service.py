@@ -1,0 +1,333 @@
+"""The verifier's operations, independent of HTTP: enrol, activate, nonces, evidence, state.
+
+Each operation is one or two short transactions on the store, so any number of stateless
+workers can share one database. The evidence path appraises first (CPU only) and then, in one
+transaction, consumes the nonce (a conditional UPDATE: of two submissions with the same nonce
+exactly one matches), writes the evidence record, the node's new state and the alerts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import func, select, update
+
+from ultraviolet.attest import alerts
+from ultraviolet.attest.enrolment import ChallengeMaker, EkPolicy, check_ak, ek_fingerprint
+from ultraviolet.attest.errors import Conflict, Forbidden, Gone, NotFound
+from ultraviolet.attest.model import Appraisal, Finding, FindingId, NodeState, Severity
+from ultraviolet.attest.store import (
+    ApprovedEk,
+    Enrolment,
+    EvidenceRecord,
+    Node,
+    Nonce,
+    Release,
+    Store,
+    utcnow,
+)
+from ultraviolet.errors import UltravioletError
+from ultraviolet.formats.evidence import Evidence, EvidenceError, parse_evidence
+from ultraviolet.formats.reference import parse_reference
+from ultraviolet.formats.tpm import PublicArea, parse_public_2b
+
+NONCE_SIZE = 32
+
+
+class Appraiser(Protocol):
+    def __call__(
+        self, evidence: Evidence, *, ak: PublicArea, nonce: bytes, accepted: Any
+    ) -> Appraisal: ...
+
+
+ReleaseLoader = Callable[[Sequence[bytes], Sequence[int]], Any]
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    pcrs: tuple[int, ...] = (4, 7, 11)
+    nonce_ttl: dt.timedelta = dt.timedelta(minutes=2)
+    enrolment_ttl: dt.timedelta = dt.timedelta(minutes=10)
+    check_in_interval: dt.timedelta = dt.timedelta(minutes=10)
+    sinks: tuple[alerts.Sink, ...] = ()
+    base_url: str = "http://localhost:8400"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    enrolment: str
+    credential_blob: bytes
+    encrypted_secret: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: NodeState
+    findings: tuple[Finding, ...]
+    release: str | None
+    evidence_id: int
+
+
+@dataclass
+class _AcceptedCache:
+    key: tuple[tuple[str, str, str], ...] | None = None
+    value: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Verifier:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        appraiser: Appraiser,
+        load_accepted: ReleaseLoader,
+        make_challenge: ChallengeMaker | None,
+        config: VerifierConfig,
+        ek_policy: EkPolicy | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.appraiser = appraiser
+        self.load_accepted = load_accepted
+        self.make_challenge = make_challenge
+        self.config = config
+        self.ek_policy = ek_policy or EkPolicy()
+        self.clock = clock
+        self._accepted = _AcceptedCache()
+
+    # Enrolment.
+
+    def approve_ek(self, fingerprint: str, comment: str = "") -> None:
+        with self.store.session.begin() as session:
+            if session.get(ApprovedEk, fingerprint) is None:
+                session.add(ApprovedEk(fingerprint=fingerprint, comment=comment,
+                                       approved_at=self.clock()))  # fmt: skip
+
+    def enrol(
+        self, node_id: str, ek_public: bytes, ek_certificate: bytes | None, ak_public: bytes
+    ) -> Challenge:
+        ek = self.ek_policy.parse_ek(ek_public)
+        ak = check_ak(ak_public)
+        fingerprint = ek_fingerprint(ek)
+        now = self.clock()
+        with self.store.session.begin() as session:
+            self.ek_policy.check(session, fingerprint, ek_certificate)
+            node = session.get(Node, node_id)
+            if node is not None and node.ek_fingerprint != fingerprint:
+                raise Conflict("enrol.node-exists", f"node {node_id} is enrolled with another EK")
+        secret = secrets.token_bytes(32)
+        blob, encrypted = self.ek_policy.challenge(self.make_challenge, ek, ak.name(), secret)
+        enrolment_id = secrets.token_hex(16)
+        with self.store.session.begin() as session:
+            session.add(
+                Enrolment(
+                    id=enrolment_id, node_id=node_id, ek_public=ek_public,
+                    ek_certificate=ek_certificate, ek_fingerprint=fingerprint,
+                    ak_public=ak_public, ak_name=ak.name(),
+                    secret_sha256=hashlib.sha256(secret).digest(), created_at=now,
+                    expires_at=now + self.config.enrolment_ttl, status="pending",
+                )
+            )  # fmt: skip
+        return Challenge(enrolment_id, blob, encrypted)
+
+    def activate(self, enrolment_id: str, secret: bytes) -> tuple[str, NodeState]:
+        """The node proved that its TPM holds the EK and the AK: it is enrolled."""
+        now = self.clock()
+        with self.store.session.begin() as session:
+            enrolment = session.get(Enrolment, enrolment_id, with_for_update=True)
+            if enrolment is None:
+                raise NotFound("enrolment.unknown", f"no enrolment {enrolment_id}")
+            if enrolment.status != "pending":
+                raise Gone("enrolment.used", f"enrolment {enrolment_id} is {enrolment.status}")
+            if enrolment.expires_at <= now:
+                enrolment.status = "expired"
+                raise Gone("enrolment.expired", f"enrolment {enrolment_id} expired")
+            proof = hashlib.sha256(secret).digest()
+            right = hmac.compare_digest(proof, enrolment.secret_sha256)
+            # One try per challenge: a wrong answer burns it (no guessing).
+            enrolment.status = "activated" if right else "failed"
+            state = self._enrol_node(session, enrolment, now) if right else None
+        if state is None:
+            raise Forbidden("enrolment.secret", "the activated secret is wrong")
+        return enrolment.node_id, state
+
+    def _enrol_node(self, session: Any, enrolment: Enrolment, now: dt.datetime) -> NodeState:
+        node = session.get(Node, enrolment.node_id, with_for_update=True)
+        if node is None:
+            node = Node(id=enrolment.node_id, enrolled_at=now, last_evidence_at=None)
+            session.add(node)
+        elif node.ek_fingerprint != enrolment.ek_fingerprint:
+            raise Conflict("enrol.node-exists", f"node {node.id} is enrolled with another EK")
+        node.ek_public = enrolment.ek_public
+        node.ek_fingerprint = enrolment.ek_fingerprint
+        node.ak_public = enrolment.ak_public
+        node.ak_name = enrolment.ak_name
+        # A (re-)enrolled AK has shown nothing yet: no trust carried over from an old AK.
+        node.state = NodeState.UNKNOWN.value
+        node.state_changed_at = now
+        node.release = None
+        return NodeState.UNKNOWN
+
+    # Challenges and evidence.
+
+    def issue_nonce(self, node_id: str) -> tuple[bytes, dt.datetime]:
+        now = self.clock()
+        value = secrets.token_bytes(NONCE_SIZE)
+        expires = now + self.config.nonce_ttl
+        with self.store.session.begin() as session:
+            if session.get(Node, node_id) is None:
+                raise NotFound("node.unknown", f"node {node_id} is not enrolled")
+            session.add(Nonce(value=value, node_id=node_id, issued_at=now, expires_at=expires))
+        return value, expires
+
+    def accepted_releases(self) -> Any:
+        """The loaded accepted releases, reloaded when the releases table changed."""
+        with self.store.session() as session:
+            rows = session.execute(
+                select(Release.name, Release.version, Release.uploaded_at).order_by(
+                    Release.name, Release.version
+                )
+            ).all()
+        key = tuple((name, version, uploaded.isoformat()) for name, version, uploaded in rows)
+        with self._accepted.lock:
+            if key != self._accepted.key:
+                with self.store.session() as session:
+                    documents = list(
+                        session.scalars(
+                            select(Release.document).order_by(Release.name, Release.version)
+                        )
+                    )
+                self._accepted.value = self.load_accepted(documents, self.config.pcrs)
+                self._accepted.key = key
+            return self._accepted.value
+
+    def _appraise(self, node: Node, nonce: bytes, document: Mapping[str, Any]) -> Appraisal:
+        try:
+            evidence = parse_evidence(json.dumps(document).encode())
+        except EvidenceError as exc:
+            return Appraisal((Finding(FindingId.EVIDENCE_FORMAT, Severity.FAIL, str(exc)),))
+        try:
+            ak = parse_public_2b(node.ak_public)
+            return self.appraiser(evidence, ak=ak, nonce=nonce, accepted=self.accepted_releases())
+        except UltravioletError as exc:  # the appraisal reports findings; this is a safety net
+            return Appraisal((Finding(FindingId.EVIDENCE_FORMAT, Severity.FAIL, str(exc)),))
+
+    def submit_evidence(self, node_id: str, nonce: bytes, document: Mapping[str, Any]) -> Outcome:
+        with self.store.session() as session:
+            node = session.get(Node, node_id)
+            if node is None:
+                raise NotFound("node.unknown", f"node {node_id} is not enrolled")
+        appraisal = self._appraise(node, nonce, document)
+        raw = json.dumps(document, sort_keys=True).encode()
+        now = self.clock()
+        with self.store.session.begin() as session:
+            # The node row is locked first: the evidence row's foreign key takes a share lock
+            # on it, and upgrading that later would deadlock two concurrent submissions.
+            stored = session.get(Node, node_id, with_for_update=True)
+            if stored is None:  # removed meanwhile
+                raise NotFound("node.unknown", f"node {node_id} is not enrolled")
+            problem = self._consume_nonce(session, node_id, nonce, now)
+            findings = _with_nonce_finding(appraisal.findings, problem)
+            outcome = Appraisal(findings, appraisal.release)
+            record = EvidenceRecord(
+                node_id=node_id, received_at=now, nonce=nonce, raw=raw,
+                state=outcome.state.value, release=outcome.release,
+                findings=json.dumps([f.to_json() for f in findings]),
+            )  # fmt: skip
+            session.add(record)
+            session.flush()
+            if stored.state != outcome.state.value:
+                stored.state_changed_at = now
+            stored.state = outcome.state.value
+            stored.release = outcome.release
+            stored.last_evidence_at = now
+            stored.last_evidence_id = record.id
+            alerts.record_appraisal(
+                session, node_id=node_id, findings=findings, state=outcome.state, now=now,
+                sinks=self.config.sinks, base_url=self.config.base_url,
+            )  # fmt: skip
+            return Outcome(outcome.state, findings, outcome.release, record.id)
+
+    def _consume_nonce(self, session: Any, node_id: str, nonce: bytes, now: dt.datetime) -> str:
+        """Mark the nonce used; '' if it was ours, unused and fresh, else what was wrong."""
+        consumed = session.execute(
+            update(Nonce)
+            .where(Nonce.value == nonce, Nonce.node_id == node_id)
+            .where(Nonce.used_at.is_(None), Nonce.expires_at > now)
+            .values(used_at=now)
+        )
+        if getattr(consumed, "rowcount", 0) == 1:
+            return ""
+        known = session.get(Nonce, nonce)
+        if known is None or known.node_id != node_id:
+            return "the nonce was not issued to this node"
+        if known.used_at is not None:
+            return f"the nonce was already used at {known.used_at.isoformat()}"
+        return f"the nonce expired at {known.expires_at.isoformat()}"
+
+    # State.
+
+    def mark_stale(self) -> list[str]:
+        """Trusted or never-attested nodes without evidence within the interval become stale.
+        Untrusted nodes stay untrusted: silence must not launder a failed appraisal."""
+        now = self.clock()
+        limit = now - self.config.check_in_interval
+        seen = func.coalesce(Node.last_evidence_at, Node.enrolled_at)
+        marked = []
+        with self.store.session.begin() as session:
+            candidates = session.execute(
+                select(Node.id, Node.last_evidence_at).where(
+                    Node.state.in_([NodeState.TRUSTED.value, NodeState.UNKNOWN.value]),
+                    seen < limit,
+                )
+            ).all()
+            for node_id, last_seen in candidates:
+                flipped = session.execute(
+                    update(Node)
+                    .where(Node.id == node_id, Node.state.in_(["trusted", "unknown"]), seen < limit)
+                    .values(state=NodeState.STALE.value, state_changed_at=now)
+                )
+                if getattr(flipped, "rowcount", 0) != 1:
+                    continue  # another worker got it, or evidence just arrived
+                alerts.record_missed_checkin(
+                    session, node_id=node_id, last_seen=last_seen, now=now,
+                    sinks=self.config.sinks, base_url=self.config.base_url,
+                )  # fmt: skip
+                marked.append(node_id)
+        return marked
+
+    def put_release(self, name: str, version: str, document: bytes) -> None:
+        reference = parse_reference(document)  # ReferenceError: a FormatError, a bad request
+        if (reference.name, reference.version) != (name, version):
+            raise Conflict(
+                "release.mismatch",
+                f"the document is {reference.name} {reference.version}, not {name} {version}",
+            )
+        with self.store.session.begin() as session:
+            existing = session.get(Release, (name, version))
+            if existing is None:
+                session.add(Release(name=name, version=version, document=document,
+                                    uploaded_at=self.clock()))  # fmt: skip
+            else:
+                existing.document = document
+                existing.uploaded_at = self.clock()
+
+
+def _with_nonce_finding(findings: Sequence[Finding], problem: str) -> tuple[Finding, ...]:
+    """The store knows whether the nonce was fresh; the appraisal only whether the quote
+    carries it. A stale nonce replaces the appraisal's nonce finding with a failure."""
+    if not problem:
+        if any(f.id is FindingId.NONCE_FRESH for f in findings):
+            return tuple(findings)
+        return (*findings, Finding(FindingId.NONCE_FRESH, Severity.PASS, "nonce issued and unused"))
+    failure = Finding(FindingId.NONCE_FRESH, Severity.FAIL, problem)
+    return (*(f for f in findings if f.id is not FindingId.NONCE_FRESH), failure)
