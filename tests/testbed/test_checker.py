@@ -80,3 +80,23 @@ def test_script_is_valid_posix_sh(tmp_path: Path, tools_chroot: ToolsChroot) -> 
 def test_qemu_io_commands_write_each_byte() -> None:
     patches = [tamper.Patch(10, b"\x00\xff", "why")]
     assert tamper.qemu_io_commands(patches) == ["write -P 0x00 10 1", "write -P 0xff 11 1"]
+
+
+def test_boot_phases_follow_systemd_analyze() -> None:
+    report = parse_report(
+        "UVCHECK boot-times FirmwareTimestampMonotonic=3000000|LoaderTimestampMonotonic=1000000"
+        "|InitRDTimestampMonotonic=2500000|UserspaceTimestampMonotonic=9000000\n"
+        "UVCHECK multi-user-at 30000000\nUVCHECK-END\n"
+    )
+    assert report.boot_phases() == {
+        "firmware": 2.0,
+        "loader": 1.0,
+        "kernel": 2.5,
+        "initrd": 6.5,
+        "userspace": 21.0,
+    }
+    broken = parse_report(
+        "UVCHECK boot-times LoaderTimestampMonotonic=1\nUVCHECK multi-user-at 9\nUVCHECK-END\n"
+    )
+    with pytest.raises(CheckerError, match="boot times incomplete"):
+        broken.boot_phases()

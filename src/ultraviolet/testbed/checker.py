@@ -23,7 +23,7 @@ from ultraviolet.errors import UltravioletError
 
 UNIT = "ultraviolet-check.service"
 SCRIPT_CREDENTIAL = "ultraviolet-check.sh"
-# what to do after reporting: report | update | oneshot:ENTRY-ID
+# what to do after reporting: report | update | bench | oneshot:ENTRY-ID
 ACTION_CREDENTIAL = "ultraviolet-check.action"
 END_MARKER = "UVCHECK-END"
 # Not anchored: a getty prompt or a terminal reset may share the line with a fact.
@@ -84,6 +84,10 @@ say version "$(. /usr/lib/os-release; echo "$IMAGE_VERSION")"
 say loader-entries "$(efivar LoaderEntries-{LOADER_GUID})"
 say stub-profile "$(cat /run/systemd/stub/profile 2>/dev/null | oneline)"
 say esp-ukis "$(ls /boot/EFI/Linux /efi/EFI/Linux 2>/dev/null | grep -v : | oneline)"
+# Boot phases in microseconds (firmware+loader before the kernel, then since the kernel started).
+say boot-times "$(systemctl show -p FirmwareTimestampMonotonic -p LoaderTimestampMonotonic \
+    -p InitRDTimestampMonotonic -p UserspaceTimestampMonotonic | oneline)"
+say multi-user-at "$(systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target)"
 action=$(cat /run/credentials/@system/{ACTION_CREDENTIAL} 2>/dev/null || echo report)
 say action "$action"
 case "$action" in
@@ -99,6 +103,20 @@ update)
     # The kernel's view of the partition table is stale after sysupdate (the disk is busy):
     # send the GPT itself (primary header and entries) for the host to parse.
     say gpt-after "$(head -c 17408 /dev/vda | base64 -w0)"
+    ;;
+bench)
+    # /usr read through dm-verity (every block hashed against the tree) and the same bytes
+    # from the raw data partition under it, each from a cold page cache.
+    usr=$(basename "$(readlink -f /dev/mapper/usr)")
+    size=$(blockdev --getsize64 /dev/mapper/usr)
+    data=$(for s in /sys/block/$usr/slaves/*; do
+        echo "$(cat "$s/size") ${{s##*/}}"; done | sort -n | tail -n 1 | cut -d' ' -f2)
+    for device in /dev/mapper/usr "/dev/$data"; do
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        start=$(date +%s%N)
+        dd if="$device" of=/dev/null bs=1M count="$size" iflag=count_bytes 2>/dev/null
+        say "read-ns:$device" "$(( $(date +%s%N) - start )) $size"
+    done
     ;;
 oneshot:*)
     # The next boot (only) runs this boot loader entry (bootctl set-oneshot).
@@ -185,6 +203,26 @@ class GuestReport:
             return [s for s in raw[4:].decode("utf-16-le").split("\0") if s]
         except (ValueError, UnicodeDecodeError):
             raise CheckerError(f"{key} is not a base64 UTF-16 EFI variable") from None
+
+    def boot_phases(self) -> dict[str, float]:
+        """Seconds spent in each boot phase, as systemd-analyze splits them (userspace: until
+        multi-user.target was reached)."""
+        raw = dict(item.split("=", 1) for item in self.listed("boot-times") if "=" in item)
+        try:
+            stamps = {key.removesuffix("TimestampMonotonic"): int(raw[key]) for key in raw}
+            reached = int(self.get("multi-user-at"))
+            firmware, loader = stamps["Firmware"], stamps["Loader"]
+            initrd, userspace = stamps["InitRD"], stamps["Userspace"]
+        except (KeyError, ValueError):
+            raise CheckerError(f"boot times incomplete: {raw}") from None
+        phases = {
+            "firmware": firmware - loader,
+            "loader": loader,
+            "kernel": initrd,
+            "initrd": userspace - initrd,
+            "userspace": reached - userspace,
+        }
+        return {name: microseconds / 1e6 for name, microseconds in phases.items()}
 
     def pcr(self, index: int, bank: str = "sha256") -> bytes:
         text = self.get(f"pcr-{bank}:{index}")
