@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ultraviolet.testbed.swtpm import swtpm_shell
 from ultraviolet.testbed.tamper import Patch, qemu_io_commands
 from ultraviolet.tools import Spawned, ToolsChroot
 
@@ -90,8 +91,7 @@ cd {q(str(work))}
     qemu-img create -q -f qcow2 -b {q(str(config.image))} -F raw disk.qcow2 {q(config.disk_size)}
 {tamper}mkdir -p tpm
 rm -f swtpm.sock
-swtpm socket --tpm2 --tpmstate dir=tpm --ctrl type=unixio,path=swtpm.sock \\
-    --flags not-need-init,startup-clear &
+{swtpm_shell("tpm", "swtpm.sock")} &
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -S swtpm.sock ] && break; sleep 0.5; done
 exec qemu-system-x86_64 -machine q35,smm=on {_accelerator(config)} -smp 2 \\
     -m {q(config.memory)} -global driver=cfi.pflash01,property=secure,value=on \\

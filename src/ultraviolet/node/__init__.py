@@ -1,0 +1,1 @@
+"""What runs on the node: the TPM driver and the attestation agent."""
