@@ -54,8 +54,9 @@ class DiskImage:
 
 
 @contextmanager
-def map_file(path: Path) -> Iterator[memoryview]:
-    """A read-only memoryview of a whole file (zero-copy for large images)."""
+def map_file(path: Path, *, populate: bool = True) -> Iterator[memoryview]:
+    """A read-only memoryview of a whole file (zero-copy for large images); `populate=False`
+    faults pages in only as they are read (for a few metadata blocks of a large image)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
@@ -66,7 +67,7 @@ def map_file(path: Path) -> Iterator[memoryview]:
             raise VerificationError(f"{path} is empty")
         # MAP_POPULATE faults the whole file in at once: hashing a lazily faulted mapping from
         # several threads spends more time in page faults than in SHA-256.
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
         mapping = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
@@ -82,7 +83,7 @@ def map_file(path: Path) -> Iterator[memoryview]:
 
 
 @contextmanager
-def open_disk_image(path: Path) -> Iterator[DiskImage]:
+def open_disk_image(path: Path, *, populate: bool = True) -> Iterator[DiskImage]:
     """Map `path` and parse its GPT; a bad GPT raises the format's error with its offset."""
-    with map_file(path) as data:
+    with map_file(path, populate=populate) as data:
         yield DiskImage(path, data, parse_gpt(data))

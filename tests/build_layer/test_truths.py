@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 import struct
@@ -11,8 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from ultraviolet.build.truths import check_usr, finalize_script, scan_usr
+from ultraviolet.build.truths import (
+    check_usr,
+    check_usr_partition,
+    finalize_script,
+    scan_erofs,
+    scan_usr,
+)
 from ultraviolet.errors import BuildError
+from ultraviolet.formats.erofs import ErofsImage
+
+# mkfs.erofs image with set-id files, capabilities and device nodes (tests/fixtures/README.md).
+EROFS = gzip.decompress((Path(__file__).parents[1] / "fixtures" / "erofs.img.gz").read_bytes())
 
 # A valid VFS_CAP_REVISION_2 blob: cap_net_bind_service (10) permitted and effective.
 CAPS = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
@@ -69,3 +80,35 @@ def test_finalize_script_strips_all_but_the_allow_list(tmp_path: Path) -> None:
     assert "removed file capabilities from /usr/bin/ping" in done.stderr
     assert scan_usr(usr, "/usr", ["/usr/bin/mount"]) == []
     assert stat.S_IMODE((usr / "bin" / "mount").stat().st_mode) == 0o2755
+
+
+def test_erofs_scan_lists_offenders_in_place() -> None:
+    offenders = scan_erofs(ErofsImage.parse(EROFS), "/usr", allowed=["/usr/bin/wall"])
+    assert [(o.path, o.problem) for o in offenders] == [
+        ("/usr/bin/ping", "file capabilities"),
+        ("/usr/bin/su", "set-uid/set-gid bit"),
+        ("/usr/lib/dev/loop7", "device node outside /dev"),
+        ("/usr/lib/dev/null", "device node outside /dev"),
+    ]
+    allowed = ["/usr/bin/wall", "/usr/bin/su", "/usr/bin/ping", "/usr/lib/dev/null"]
+    remaining = scan_erofs(ErofsImage.parse(EROFS), "/usr", allowed)
+    assert [o.path for o in remaining] == ["/usr/lib/dev/loop7", "/usr/lib/dev/null"]
+
+
+def test_usr_partition_check_fails_listing_offenders(tmp_path: Path) -> None:
+    partition = tmp_path / "x.usr.raw"
+    partition.write_bytes(EROFS)
+    with pytest.raises(BuildError) as caught:
+        check_usr_partition(partition, ["/usr/bin/ping"])
+    message = str(caught.value)
+    assert "/usr/bin/su: set-uid/set-gid bit" in message
+    assert "/usr/bin/wall: set-uid/set-gid bit" in message
+    assert "/usr/lib/dev/null: device node outside /dev" in message
+    assert "/usr/bin/ping" not in message
+
+
+def test_usr_partition_that_is_not_erofs(tmp_path: Path) -> None:
+    partition = tmp_path / "x.usr.raw"
+    partition.write_bytes(bytes(8192))
+    with pytest.raises(BuildError, match=r"cannot read the usr file system: .*bad magic"):
+        check_usr_partition(partition, [])

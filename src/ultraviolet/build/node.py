@@ -26,7 +26,7 @@ from ultraviolet.build.release import (
 )
 from ultraviolet.build.render import render_tree
 from ultraviolet.build.rootsig import PROFILE_OPTIONS, finalize_uki
-from ultraviolet.build.truths import check_usr
+from ultraviolet.build.truths import check_usr_partition
 from ultraviolet.errors import BuildError
 from ultraviolet.formats.ipe import sign_ipe
 from ultraviolet.policy.model import NodePolicy
@@ -44,20 +44,6 @@ class BuildResult:
     image: Path
     uki: Path
     reference: Path
-
-
-def _check_truths(policy: NodePolicy, usr_partition: Path, output: Path) -> None:
-    extracted = output / ".usr-extracted"
-    shutil.rmtree(extracted, ignore_errors=True)
-    tools().run(
-        ["fsck.erofs", f"--extract={extracted}", str(usr_partition)],
-        binds=[output, usr_partition.parent],
-    )
-    try:
-        allowed = (*policy.integrity.suid_allow, *policy.integrity.capabilities_allow)
-        check_usr(extracted, "/usr", allowed)
-    finally:
-        shutil.rmtree(extracted, ignore_errors=True)
 
 
 def build_node(
@@ -117,7 +103,8 @@ def _mkosi_stage(
 
     def check_truths(outputs: MkosiOutputs) -> None:
         say("checking /usr: no set-id bits, file capabilities or device nodes")
-        _check_truths(policy, outputs.directory / f"{stem}.usr.raw", output)
+        allowed = (*policy.integrity.suid_allow, *policy.integrity.capabilities_allow)
+        check_usr_partition(outputs.directory / f"{stem}.usr.raw", allowed)
 
     say("running mkosi (packages, /usr, verity, UKI) unless /usr is unchanged")
     outputs, reused = run_mkosi_reusing(

@@ -2,8 +2,9 @@
 /usr (unless allow-listed), no device nodes outside /dev, writable mounts noexec.
 
 Set-id bits and capabilities are stripped during the build by a mkosi finalize script
-(rendered with the allow-list) and the built /usr is scanned afterwards; anything left that is
-not allow-listed fails the build with the list of offenders.
+(rendered with the allow-list) and the built /usr is scanned afterwards, in place: the erofs
+usr partition's metadata is read without extracting it (formats/erofs.py). Anything left that
+is not allow-listed fails the build with the list of offenders.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ultraviolet.errors import BuildError
+from ultraviolet.diskimage import map_file
+from ultraviolet.errors import BuildError, FormatError
+from ultraviolet.formats.erofs import ErofsImage
 
 CAPABILITY_XATTR = "security.capability"
 # Writable file systems come up noexec, nosuid, nodev (W^X: code runs only from /usr).
@@ -56,8 +59,41 @@ def scan_usr(root: Path, prefix: str, allowed: Iterable[str]) -> list[Offender]:
     return sorted(offenders, key=lambda o: o.path)
 
 
+def scan_erofs(image: ErofsImage, prefix: str, allowed: Iterable[str]) -> list[Offender]:
+    """The same scan over an erofs image's metadata (`prefix`: where its root is mounted)."""
+    allow = set(allowed)
+    offenders = []
+    for path, inode in image.walk():
+        shown = f"{prefix}/{path}"
+        mode = inode.mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            offenders.append(Offender(shown, "device node outside /dev"))
+            continue
+        if shown in allow:
+            continue
+        if stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
+            offenders.append(Offender(shown, "set-uid/set-gid bit"))
+        if inode.xattr_size and any(x.name == CAPABILITY_XATTR for x in image.xattrs(inode)):
+            offenders.append(Offender(shown, "file capabilities"))
+    return sorted(offenders, key=lambda o: o.path)
+
+
+def check_usr_partition(partition: Path, allowed: Iterable[str]) -> None:
+    """Scan an erofs usr partition image file (mounted at /usr) in place; fail listing the
+    offenders. Only metadata blocks are read from the (mapped) file."""
+    with map_file(partition, populate=False) as data:
+        try:
+            offenders = scan_erofs(ErofsImage.parse(data), "/usr", allowed)
+        except FormatError as exc:
+            raise BuildError(f"{partition}: cannot read the usr file system: {exc}") from exc
+    _fail_listing(offenders)
+
+
 def check_usr(root: Path, prefix: str, allowed: Iterable[str]) -> None:
-    offenders = scan_usr(root, prefix, allowed)
+    _fail_listing(scan_usr(root, prefix, allowed))
+
+
+def _fail_listing(offenders: list[Offender]) -> None:
     if offenders:
         listing = "\n".join(f"  {o.path}: {o.problem}" for o in offenders)
         raise BuildError(
