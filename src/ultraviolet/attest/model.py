@@ -22,6 +22,7 @@ class Severity(enum.StrEnum):
     PASS = "pass"
     FAIL = "fail"  # makes the node untrusted
     WARN = "warn"  # reported and alerted, trust unchanged
+    SKIP = "skip"  # not checked: what it needs failed (or is not quoted); trust unchanged
 
 
 class FindingId(enum.StrEnum):
