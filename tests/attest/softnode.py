@@ -149,9 +149,11 @@ def reference_document(name: str, version: str, pcr11: bytes) -> bytes:
     from ultraviolet.formats.reference import render_reference
 
     reference = Reference(
-        name=name, version=version, usr_root_hash=b"\1" * 32, certificates={"db": b"\2" * 32},
+        name=name, version=version, usr_root_hash=b"\1" * 32,
+        certificates={"pk": b"\5" * 32, "kek": b"\6" * 32, "db": b"\2" * 32},
         uki_file=f"{name}_{version}.efi", uki_authenticode_sha256=b"\3" * 32,
         uki_cmdline="quiet", ipe_policy_sha256=None, node_policy_sha256=b"\4" * 32,
-        pcr11={"main": {"sysinit": pcr11}},
+        pcr11={"main": {"enter-initrd:leave-initrd:sysinit:ready": pcr11}},
+        boot_loader_file="systemd-bootx64.efi", boot_loader_authenticode_sha256=b"\7" * 32,
     )  # fmt: skip
     return render_reference(reference).encode()

@@ -198,7 +198,7 @@ def record_appraisal(
     """Alerts that fire or resolve because of one appraisal (and resolve a missed check-in)."""
     changes = []
     for finding in findings:
-        firing = finding.severity is not Severity.PASS
+        firing = finding.severity in (Severity.FAIL, Severity.WARN)  # not PASS or SKIP
         change = _change(
             session, node_id, finding.id.value, firing, now,
             severity=finding.severity.value, state=state.value, message=finding.message,

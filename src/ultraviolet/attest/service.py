@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 
 from ultraviolet.attest import alerts
 from ultraviolet.attest.enrolment import ChallengeMaker, EkPolicy, check_ak, ek_fingerprint
-from ultraviolet.attest.errors import Conflict, Forbidden, Gone, NotFound
+from ultraviolet.attest.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
 from ultraviolet.attest.model import Appraisal, Finding, FindingId, NodeState, Severity
 from ultraviolet.attest.store import (
     ApprovedEk,
@@ -312,6 +312,10 @@ class Verifier:
                 "release.mismatch",
                 f"the document is {reference.name} {reference.version}, not {name} {version}",
             )
+        try:  # what the appraisal will load, checked now rather than at the next evidence
+            self.load_accepted([document], self.config.pcrs)
+        except UltravioletError as exc:
+            raise BadRequest("release.invalid", str(exc)) from None
         with self.store.session.begin() as session:
             existing = session.get(Release, (name, version))
             if existing is None:

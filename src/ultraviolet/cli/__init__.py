@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keys",
     "vm",
     "tools",
+    "attest",
 )
 
 EXIT_OK = 0
