@@ -357,8 +357,14 @@ def test_malformed_binary_evidence_fails_evidence_format(
     tpm: SoftwareTpm, release: SimulatedRelease, accepted: AcceptedReleases
 ) -> None:
     evidence = simulated_evidence(tpm, boot_measurements(release), NONCE)
-    for field, value in (("quote", b"\xff\x54"), ("signature", b""), ("firmware_log", b"\0" * 7)):
-        appraisal = _appraise(dataclasses.replace(evidence, **{field: value}), tpm, accepted)
+    broken = [
+        dataclasses.replace(evidence, quote=b"\xff\x54"),
+        dataclasses.replace(evidence, signature=b""),
+        dataclasses.replace(evidence, firmware_log=b"\0" * 7),
+        dataclasses.replace(evidence, userspace_log=b"{}"),
+    ]
+    for malformed in broken:
+        appraisal = _appraise(malformed, tpm, accepted)
         assert _failed(appraisal) == {FindingId.EVIDENCE_FORMAT}
         severities = _severities(appraisal)
         assert severities[FindingId.PCR11_REFERENCE] is Severity.SKIP
@@ -368,7 +374,7 @@ def test_load_accepted_refuses_what_cannot_be_appraised(release: SimulatedReleas
     old = dataclasses.replace(
         release.reference, boot_loader_file=None, boot_loader_authenticode_sha256=None
     )
-    with pytest.raises(ReferencesError, match="format 1.*rebuild the release"):
+    with pytest.raises(ReferencesError, match=r"format 1.*rebuild the release"):
         load_accepted([render_reference(old).encode()], POLICY_PCRS)
     with pytest.raises(ReferencesError, match="no accepted release"):
         load_accepted([], POLICY_PCRS)
