@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 from ultraviolet.errors import FormatError
 
 EVIDENCE_FORMAT = 1
+DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+_PCR_INDEX = re.compile(r"0|[1-9][0-9]?")  # canonical: "07" and "7" may not both name PCR 7
+_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 
 
 class EvidenceError(FormatError):
@@ -96,17 +100,17 @@ def _parse_pcrs(document: Mapping[str, Any]) -> dict[str, dict[int, bytes]]:
     banks = _field(document, "pcrs", dict, "evidence")
     parsed: dict[str, dict[int, bytes]] = {}
     for bank, values in banks.items():
-        if bank not in ("sha1", "sha256", "sha384", "sha512") or not isinstance(values, dict):
+        if bank not in DIGEST_SIZES or not isinstance(values, dict):
             raise EvidenceError(f"evidence.pcrs.{bank}: expected a known bank with an object")
         parsed[bank] = {}
         for index, value in values.items():
             where = f"evidence.pcrs.{bank}.{index}"
-            if not (isinstance(index, str) and index.isdigit() and int(index) < 24):
+            if not _PCR_INDEX.fullmatch(index) or int(index) > 23:
                 raise EvidenceError(f"{where}: expected a PCR index 0-23")
-            try:
-                parsed[bank][int(index)] = bytes.fromhex(value)
-            except (TypeError, ValueError):
-                raise EvidenceError(f"{where}: expected a hex digest") from None
+            size = DIGEST_SIZES[bank]
+            if not isinstance(value, str) or len(value) != 2 * size or not _HEX.fullmatch(value):
+                raise EvidenceError(f"{where}: expected {2 * size} lowercase hex digits")
+            parsed[bank][int(index)] = bytes.fromhex(value)
     return parsed
 
 
@@ -123,10 +127,20 @@ def _parse_ipe_events(document: Mapping[str, Any]) -> tuple[IpeEvent, ...]:
     return tuple(events)
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two "quote" members would be read differently by different JSON parsers.
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise EvidenceError(f"key {key!r} appears twice")
+        document[key] = value
+    return document
+
+
 def parse_evidence(data: bytes) -> Evidence:
     try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = json.loads(data, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise EvidenceError(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise EvidenceError("expected a JSON object")
