@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vm",
     "tools",
     "attest",
+    "agent",
 )
 
 EXIT_OK = 0

@@ -1,0 +1,126 @@
+"""A simulated node: swtpm with our TPM driver, "booted" by replaying a given event log.
+
+Booting extends the TPM's PCRs with every measured event of a firmware event log (all banks
+the log carries) and then of a systemd userspace measurement log, exactly what firmware,
+systemd-stub and systemd-pcrextend do on a real machine. The quotes the node then makes are
+genuine TPM quotes over those PCRs, signed by a real AK under a real EK, so a test can produce
+true evidence for any log (and false evidence: a log that differs from what was extended).
+
+The TPM state persists in the node's directory: `reboot` restarts swtpm on it (PCRs reset,
+same EK and AK) and boots again, maybe with other logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ultraviolet.errors import AttestationError
+from ultraviolet.formats.eventlog import (
+    EV_NO_ACTION,
+    parse_event_log,
+    parse_userspace_log,
+    startup_locality,
+)
+from ultraviolet.node.tpm import TpmDriver
+from ultraviolet.testbed.swtpm import Swtpm, start_swtpm
+from ultraviolet.tools import ToolsChroot
+
+PCR_COUNT = 24
+
+
+def boot_extends(
+    firmware_log: bytes, userspace_log: bytes = b""
+) -> list[tuple[int, Mapping[str, bytes]]]:
+    """(PCR, bank -> digest) in the order a machine booting with these logs extends them."""
+    log = parse_event_log(firmware_log)
+    if startup_locality(log):
+        # PCR 0 would start at the locality of TPM2_Startup, which swtpm always does at 0.
+        raise AttestationError("the simulated node cannot start PCR 0 at a non-zero locality")
+    extends: list[tuple[int, Mapping[str, bytes]]] = [
+        (event.pcr, dict(event.digests))
+        for event in log.events
+        if event.event_type != EV_NO_ACTION and event.pcr < PCR_COUNT
+    ]
+    for record in parse_userspace_log(userspace_log):
+        if record.pcr is not None and record.pcr < PCR_COUNT:
+            extends.append((record.pcr, dict(record.digests)))
+    return extends
+
+
+@dataclass
+class SimulatedNode:
+    directory: Path
+    chroot: ToolsChroot
+    firmware_log: bytes = b""
+    userspace_log: bytes = b""
+    ek_algorithm: str = "rsa"
+    swtpm: Swtpm | None = field(default=None, init=False)
+    driver: TpmDriver | None = field(default=None, init=False)
+
+    @property
+    def tpm(self) -> TpmDriver:
+        if self.driver is None:
+            raise AttestationError("the simulated node is not running")
+        return self.driver
+
+    @property
+    def state_dir(self) -> Path:
+        return self.directory / "agent"
+
+    @property
+    def firmware_log_path(self) -> Path:
+        return self.directory / "binary_bios_measurements"
+
+    @property
+    def userspace_log_path(self) -> Path:
+        return self.directory / "tpm2-measure.log"
+
+    def boot(self) -> None:
+        """Start the TPM and measure the logs into it; the logs are left where an agent
+        configured for this node reads them."""
+        extends = boot_extends(self.firmware_log, self.userspace_log)
+        self.swtpm = start_swtpm(self.chroot, self.directory / "tpm")
+        self.driver = TpmDriver(
+            self.state_dir,
+            tcti=self.swtpm.tcti,
+            ek_algorithm=self.ek_algorithm,
+            chroot=self.chroot,
+            binds=[self.swtpm.directory],
+        )
+        self.driver.extend(extends)
+        self.firmware_log_path.write_bytes(self.firmware_log)
+        self.userspace_log_path.write_bytes(self.userspace_log)
+
+    def shutdown(self) -> None:
+        if self.swtpm is not None:
+            self.swtpm.stop()
+        self.swtpm = self.driver = None
+
+    def reboot(self, firmware_log: bytes | None = None, userspace_log: bytes | None = None) -> None:
+        self.shutdown()
+        if firmware_log is not None:
+            self.firmware_log = firmware_log
+        if userspace_log is not None:
+            self.userspace_log = userspace_log
+        self.boot()
+
+
+@contextmanager
+def simulated_node(
+    chroot: ToolsChroot,
+    directory: Path,
+    firmware_log: bytes,
+    userspace_log: bytes = b"",
+    *,
+    ek_algorithm: str = "rsa",
+) -> Iterator[SimulatedNode]:
+    """A booted simulated node for the duration of the block."""
+    node = SimulatedNode(directory, chroot, firmware_log, userspace_log, ek_algorithm)
+    node.boot()
+    try:
+        yield node
+    finally:
+        node.shutdown()
