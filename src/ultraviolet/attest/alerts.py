@@ -135,8 +135,8 @@ def _change(
         if not firing:
             return None
         current = AlertState(
-            fingerprint=key, node_id=node_id, check=check, firing=True, starts_at=now,
-            changed_at=now,
+            fingerprint=key, node_id=node_id, check=check, firing=True,
+            severity=fields["severity"], starts_at=now, changed_at=now,
         )  # fmt: skip
         session.add(current)
     elif current.firing == firing:
@@ -146,13 +146,16 @@ def _change(
         current.changed_at = now
         if firing:
             current.starts_at = now
+            current.severity = fields["severity"]
+    # Alertmanager identifies an alert by its labels: a resolution carries the severity the
+    # alert fired with, or it would be another alert.
     return AlertChange(
         node_id=node_id,
         check=check,
         firing=firing,
         starts_at=current.starts_at,
         changed_at=now,
-        severity=fields["severity"],
+        severity=current.severity,
         state=fields["state"],
         message=fields["message"],
     )

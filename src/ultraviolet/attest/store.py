@@ -155,6 +155,7 @@ class AlertState(Base):
     node_id: Mapped[str] = mapped_column(String(128), index=True)
     check: Mapped[str] = mapped_column(String(64))
     firing: Mapped[bool] = mapped_column(Boolean)
+    severity: Mapped[str] = mapped_column(String(16))  # as it fired; resolving keeps it
     starts_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     changed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 

@@ -84,6 +84,7 @@ def upgrade() -> None:
         sa.Column("node_id", sa.String(128), nullable=False, index=True),
         sa.Column("check", sa.String(64), nullable=False),
         sa.Column("firing", sa.Boolean, nullable=False),
+        sa.Column("severity", sa.String(16), nullable=False),
         sa.Column("starts_at", UtcDateTime, nullable=False),
         sa.Column("changed_at", UtcDateTime, nullable=False),
     )
