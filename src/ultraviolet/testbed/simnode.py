@@ -8,14 +8,18 @@ true evidence for any log (and false evidence: a log that differs from what was 
 
 The TPM state persists in the node's directory: `reboot` restarts swtpm on it (PCRs reset,
 same EK and AK) and boots again, maybe with other logs.
+
+The TPM driver (node/tpm.py's TpmDriver) is a layer beside the testbed, so the caller hands in
+`make_tpm`, which builds it for the running swtpm and the node's state directory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from ultraviolet.errors import AttestationError
 from ultraviolet.formats.eventlog import (
@@ -24,11 +28,17 @@ from ultraviolet.formats.eventlog import (
     parse_userspace_log,
     startup_locality,
 )
-from ultraviolet.node.tpm import TpmDriver
 from ultraviolet.testbed.swtpm import Swtpm, start_swtpm
 from ultraviolet.tools import ToolsChroot
 
 PCR_COUNT = 24
+
+
+class PcrExtender(Protocol):
+    def extend(self, extends: Sequence[tuple[int, Mapping[str, bytes]]]) -> None: ...
+
+
+Tpm = TypeVar("Tpm", bound=PcrExtender)
 
 
 def boot_extends(
@@ -51,17 +61,17 @@ def boot_extends(
 
 
 @dataclass
-class SimulatedNode:
+class SimulatedNode(Generic[Tpm]):
     directory: Path
     chroot: ToolsChroot
+    make_tpm: Callable[[Swtpm, Path], Tpm]  # (running swtpm, state dir) -> driver
     firmware_log: bytes = b""
     userspace_log: bytes = b""
-    ek_algorithm: str = "rsa"
     swtpm: Swtpm | None = field(default=None, init=False)
-    driver: TpmDriver | None = field(default=None, init=False)
+    driver: Tpm | None = field(default=None, init=False)
 
     @property
-    def tpm(self) -> TpmDriver:
+    def tpm(self) -> Tpm:
         if self.driver is None:
             raise AttestationError("the simulated node is not running")
         return self.driver
@@ -83,13 +93,7 @@ class SimulatedNode:
         configured for this node reads them."""
         extends = boot_extends(self.firmware_log, self.userspace_log)
         self.swtpm = start_swtpm(self.chroot, self.directory / "tpm")
-        self.driver = TpmDriver(
-            self.state_dir,
-            tcti=self.swtpm.tcti,
-            ek_algorithm=self.ek_algorithm,
-            chroot=self.chroot,
-            binds=[self.swtpm.directory],
-        )
+        self.driver = self.make_tpm(self.swtpm, self.state_dir)
         self.driver.extend(extends)
         self.firmware_log_path.write_bytes(self.firmware_log)
         self.userspace_log_path.write_bytes(self.userspace_log)
@@ -112,13 +116,12 @@ class SimulatedNode:
 def simulated_node(
     chroot: ToolsChroot,
     directory: Path,
+    make_tpm: Callable[[Swtpm, Path], Tpm],
     firmware_log: bytes,
     userspace_log: bytes = b"",
-    *,
-    ek_algorithm: str = "rsa",
-) -> Iterator[SimulatedNode]:
+) -> Iterator[SimulatedNode[Tpm]]:
     """A booted simulated node for the duration of the block."""
-    node = SimulatedNode(directory, chroot, firmware_log, userspace_log, ek_algorithm)
+    node = SimulatedNode(directory, chroot, make_tpm, firmware_log, userspace_log)
     node.boot()
     try:
         yield node
