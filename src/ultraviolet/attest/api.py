@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,6 +34,7 @@ from ultraviolet.attest.views import fleet_counts, node_view, node_views
 from ultraviolet.attest.web import render_fleet
 from ultraviolet.errors import FormatError
 
+log = logging.getLogger("ultraviolet.attest.api")
 NODE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NodeId = Annotated[str, Path(pattern=NODE_ID)]
 PAGE_LIMIT = 1000  # nodes on the fleet page
@@ -104,6 +107,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FormatError)
     async def format_error(request: Request, exc: FormatError) -> JSONResponse:
         return _error(400, "request.format", str(exc))
+
+    @app.exception_handler(DBAPIError)
+    async def store_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # The database is restarting, or a concurrent request won a race: nothing was
+        # committed, the client tries again (the agent backs off).
+        log.warning("store error on %s: %s", request.url.path, exc.orig)
+        return _error(503, "store.unavailable", "the database did not complete the request")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

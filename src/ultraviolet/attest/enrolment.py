@@ -24,6 +24,7 @@ from ultraviolet.attest.errors import BadRequest, Forbidden, Unavailable
 from ultraviolet.attest.store import ApprovedEk
 from ultraviolet.errors import UltravioletError
 from ultraviolet.formats.tpm import OBJECT_ATTRIBUTES, PublicArea, parse_public_2b
+from ultraviolet.formats.tpmcredential import make_credential
 
 # (ek_public, ak_name, secret) -> (TPM2B_ID_OBJECT credential blob, TPM2B_ENCRYPTED_SECRET)
 ChallengeMaker = Callable[[PublicArea, bytes, bytes], tuple[bytes, bytes]]
@@ -102,11 +103,6 @@ class EkPolicy:
             raise BadRequest("enrol.ek-public", f"cannot challenge this EK: {exc}") from None
 
 
-def default_challenge_maker() -> ChallengeMaker | None:
-    """formats.tpmcredential.make_credential when present."""
-    try:
-        from ultraviolet.formats import tpmcredential  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    maker: ChallengeMaker = tpmcredential.make_credential
-    return maker
+def default_challenge_maker() -> ChallengeMaker:
+    """TPM2_MakeCredential in software (formats/tpmcredential.py)."""
+    return make_credential

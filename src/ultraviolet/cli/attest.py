@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -70,23 +69,28 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _real_engine() -> tuple[Any, Any]:
-    """The appraisal engine (attest/appraise.py) and the release loader (attest/references.py)."""
-    try:
-        appraise = importlib.import_module("ultraviolet.attest.appraise").appraise
-        load_accepted = importlib.import_module("ultraviolet.attest.references").load_accepted
-    except (ImportError, AttributeError) as exc:
-        raise AttestationError(f"the appraisal engine is not available: {exc}") from exc
-    return appraise, load_accepted
-
-
 def serve_command(args: argparse.Namespace) -> int:
+    from ultraviolet.attest.appraise import appraise
+    from ultraviolet.attest.enrolment import default_challenge_maker
+    from ultraviolet.attest.references import load_accepted
+
+    return serve(
+        args,
+        appraise=appraise,
+        load_accepted=load_accepted,
+        make_challenge=default_challenge_maker(),
+    )
+
+
+def serve(
+    args: argparse.Namespace, *, appraise: Any, load_accepted: Any, make_challenge: Any
+) -> int:
+    """Run the service with the given appraisal engine (tests pass their own)."""
     import uvicorn
 
     from ultraviolet.attest.alerts import Sink
     from ultraviolet.attest.api import create_app
     from ultraviolet.attest.background import start_maintenance
-    from ultraviolet.attest.enrolment import default_challenge_maker
     from ultraviolet.attest.metrics import Metrics
     from ultraviolet.attest.service import Verifier, VerifierConfig
     from ultraviolet.attest.store import Store
@@ -101,7 +105,6 @@ def serve_command(args: argparse.Namespace) -> int:
         raise AttestationError(f"--pcrs {args.pcrs!r}: {exc}") from exc
     if len(token) < 16:
         raise AttestationError("--admin-token-file: the token must have at least 16 characters")
-    appraise, load_accepted = _real_engine()
     sinks = tuple(Sink("webhook", url) for url in args.webhook) + tuple(
         Sink("alertmanager", url) for url in args.alertmanager
     )
@@ -117,7 +120,7 @@ def serve_command(args: argparse.Namespace) -> int:
         store,
         appraiser=appraise,
         load_accepted=load_accepted,
-        make_challenge=default_challenge_maker(),
+        make_challenge=make_challenge,
         config=config,
     )
     metrics = Metrics(store)
