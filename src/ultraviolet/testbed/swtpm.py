@@ -9,7 +9,9 @@ context manager stops its process group by PID. The state directory keeps the TP
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,9 +57,27 @@ class Swtpm:
         return self.process.running()
 
     def stop(self) -> None:
+        """Stop swtpm and wait until its whole process group is gone: swtpm holds a lock on its
+        state directory until it has exited, and a restart on the same state needs it."""
         self.process.stop(grace=5.0)
+        group = self.process.process.pid
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while _group_alive(group):
+            if time.monotonic() > deadline:
+                os.killpg(group, signal.SIGKILL)
+            time.sleep(0.02)
         for path in (self.socket, self.socket.with_name(SERVER_SOCKET + ".ctrl")):
             path.unlink(missing_ok=True)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a reused id now belongs to someone else: ours is gone
+        return False
+    return True
 
 
 def start_swtpm(chroot: ToolsChroot, directory: Path, *, lifetime: float = 1800.0) -> Swtpm:
@@ -69,7 +89,10 @@ def start_swtpm(chroot: ToolsChroot, directory: Path, *, lifetime: float = 1800.
     ctrl = directory / (SERVER_SOCKET + ".ctrl")
     for path in (socket, ctrl):
         path.unlink(missing_ok=True)
-    argv = ["timeout", "--kill-after=5", str(int(lifetime)), *swtpm_argv(state, ctrl, socket)]
+    # --foreground keeps timeout (and so swtpm) in the spawned process group that stop() kills;
+    # without it timeout makes a group of its own and swtpm would outlive the test.
+    timeout = ["timeout", "--foreground", "--kill-after=5", str(int(lifetime))]
+    argv = [*timeout, *swtpm_argv(state, ctrl, socket)]
     process = chroot.spawn(argv, log=directory / "swtpm.log", binds=[directory])
     deadline = time.monotonic() + STARTUP_SECONDS
     while not socket.exists():
