@@ -74,7 +74,8 @@ def parse_journal_json(text: str) -> tuple[list[tuple[IpeEvent, str]], str | Non
             continue
         message = entry.get("MESSAGE")
         if isinstance(message, list):  # journald's encoding of a non-UTF-8 message
-            message = bytes(b for b in message if isinstance(b, int)).decode("utf-8", "replace")
+            raw = bytes(b for b in message if isinstance(b, int) and 0 <= b < 256)
+            message = raw.decode("utf-8", "replace")
         if not isinstance(message, str):
             continue
         event = IpeEvent(_journal_stamp(entry), _JOURNAL_TYPE_PREFIX.sub("", message))
