@@ -1,0 +1,203 @@
+"""The agent's HTTP side against a minimal verifier written here (stdlib http.server on a real
+socket): the client's error classes, backoff with jitter, the enrolment protocol (our
+MakeCredential answered by swtpm through the driver), nonce-bound quotes that verify with the
+enrolled AK, re-enrolment when the verifier forgot the node, retry after a 503."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ultraviolet.errors import AttestationError
+from ultraviolet.formats.evidence import parse_evidence
+from ultraviolet.formats.tpm import PublicArea, parse_public_2b, parse_signature, verify_quote
+from ultraviolet.formats.tpmcredential import make_credential
+from ultraviolet.node.agent import (
+    Agent,
+    AgentConfig,
+    Backoff,
+    VerifierClient,
+    VerifierRefused,
+    VerifierUnavailable,
+    _read_log,
+    pcr_selection,
+)
+from ultraviolet.node.ipe import AuditLogSource
+from ultraviolet.node.tpm import TpmDriver
+from ultraviolet.testbed.simnode import simulated_node
+from ultraviolet.testbed.swtpm import Swtpm
+from ultraviolet.tools import ToolsChroot
+
+EVENTLOG = Path("/work/shared/testdata/eventlogs/crypto_agile_eventlog")
+
+
+@dataclass
+class MiniVerifier:
+    """Enrols by credential activation, issues single-use nonces, checks quotes by the AK."""
+
+    ak: dict[str, PublicArea] = field(default_factory=dict)
+    pending: dict[str, tuple[str, PublicArea, bytes]] = field(default_factory=dict)
+    nonces: dict[str, bytes] = field(default_factory=dict)
+    script: list[int] = field(default_factory=list)  # statuses to answer before serving
+    log: list[tuple[str, int]] = field(default_factory=list)
+    evidence: list[Any] = field(default_factory=list)
+
+    def handle(self, path: str, body: Any) -> tuple[int, Any]:
+        if self.script:
+            return self.script.pop(0), {"error": "scripted"}
+        parts = path.strip("/").split("/")
+        if parts == ["v1", "enrol"]:
+            ek, ak = (
+                parse_public_2b(b64(body["ek_public"])),
+                parse_public_2b(b64(body["ak_public"])),
+            )
+            secret = secrets.token_bytes(32)
+            blob, encrypted = make_credential(ek, ak.name(), secret)
+            enrolment = secrets.token_hex(16)
+            self.pending[enrolment] = (body["node_id"], ak, secret)
+            return 201, {
+                "enrolment": enrolment,
+                "credential_blob": base64.b64encode(blob).decode(),
+                "encrypted_secret": base64.b64encode(encrypted).decode(),
+            }
+        if parts[:2] == ["v1", "enrol"] and parts[3:] == ["activate"]:
+            node_id, ak, secret = self.pending.pop(parts[2])
+            if b64(body["secret"]) != secret:
+                return 403, {"error": "wrong secret"}
+            self.ak[node_id] = ak
+            return 200, {"node_id": node_id, "state": "unknown"}
+        node_id = parts[2]
+        if node_id not in self.ak:
+            return 404, {"error": "node.unknown"}
+        if parts[3] == "nonce":
+            self.nonces[node_id] = secrets.token_bytes(32)
+            return 200, {"nonce": self.nonces[node_id].hex(), "expires_at": "soon"}
+        nonce = self.nonces.pop(node_id)
+        evidence = parse_evidence(json.dumps(body["evidence"]).encode())
+        signature = parse_signature(evidence.signature)
+        verify_quote(evidence.quote, signature, self.ak[node_id], nonce=nonce)
+        self.evidence.append(evidence)
+        return 200, {"state": "trusted", "findings": [], "release": None}
+
+
+def b64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+@contextmanager
+def serving(verifier: MiniVerifier) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, answer = verifier.handle(self.path, json.loads(raw))
+            verifier.log.append((self.path, status))
+            payload = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_backoff_grows_to_its_cap_with_full_jitter() -> None:
+    backoff = Backoff(base=2.0, cap=60.0)
+    assert [backoff.delay(n, lambda: 1.0) for n in range(1, 8)] == [4, 8, 16, 32, 60, 60, 60]
+    assert backoff.delay(3, lambda: 0.0) == 0.0
+    assert backoff.delay(10**6, lambda: 0.5) == 30.0  # no overflow for a long outage
+    draws = {backoff.delay(4) for _ in range(50)}
+    assert len(draws) > 1 and all(0 <= d <= 32 for d in draws)
+
+
+def test_client_classifies_answers() -> None:
+    verifier = MiniVerifier(script=[503, 404, 200])
+    with serving(verifier) as url:
+        client = VerifierClient(url, timeout=5)
+        with pytest.raises(VerifierUnavailable, match="HTTP 503"):
+            client.post("/v1/nodes/x/nonce", {})
+        with pytest.raises(VerifierRefused, match="HTTP 404") as refused:
+            client.post("/v1/nodes/x/nonce", {})
+        assert refused.value.status == 404
+        assert client.post("/v1/nodes/x/nonce", {}) == {"error": "scripted"}
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(VerifierUnavailable, match="refused"):
+        VerifierClient(f"http://127.0.0.1:{port}", timeout=5).post("/v1/enrol", {})
+
+
+def test_a_missing_firmware_log_is_an_error_not_empty_evidence(tmp_path: Path) -> None:
+    with pytest.raises(AttestationError, match="no firmware event log"):
+        _read_log(tmp_path / "absent", required=True)
+    assert _read_log(tmp_path / "absent", required=False) == b""
+
+
+@pytest.mark.oracle
+def test_agent_protocol_against_a_minimal_verifier(
+    tools_chroot: ToolsChroot, tmp_path: Path
+) -> None:
+    def make(swtpm: Swtpm, state: Path) -> TpmDriver:
+        return TpmDriver(state, tcti=swtpm.tcti, chroot=tools_chroot, binds=[swtpm.directory])
+
+    verifier = MiniVerifier()
+    log = EVENTLOG.read_bytes()
+    with serving(verifier) as url, simulated_node(tools_chroot, tmp_path, make, log) as node:
+        sleeps: list[float] = []
+        config = AgentConfig(
+            node_id="mini-1",
+            verifier_url=url,
+            state_dir=node.state_dir,
+            pcrs=pcr_selection([0, 1, 2, 3, 4, 5, 6, 7]),
+            ipe=AuditLogSource(tmp_path / "audit.log", node.state_dir),
+            interval=7.0,
+            firmware_log=node.firmware_log_path,
+            userspace_log=tmp_path / "absent.log",
+            backoff=Backoff(base=1.0, cap=4.0),
+        )
+        agent = Agent(config, node.tpm, sleep=sleeps.append)
+        agent.run(cycles=2)
+        assert sleeps == [7.0]  # one interval between the two reports, no backoff
+        paths = [path for path, _ in verifier.log]
+        assert paths[:2] == ["/v1/enrol", paths[1]] and paths[1].endswith("/activate")
+        assert paths[2:] == ["/v1/nodes/mini-1/nonce", "/v1/nodes/mini-1/evidence"] * 2
+        first = verifier.evidence[0]
+        assert first.firmware_log == log and first.userspace_log == b""
+        assert sorted(first.pcrs["sha256"]) == [0, 1, 2, 3, 4, 5, 6, 7]
+
+        # The verifier lost its database: 404 for the node, the agent enrols again.
+        verifier.ak.clear()
+        verifier.log.clear()
+        agent.step()
+        assert [p.rsplit("/", 1)[-1] for p, _ in verifier.log] == [
+            "nonce", "enrol", "activate", "nonce", "evidence",
+        ]  # fmt: skip
+
+        # A 503 on the evidence: back off, then a fresh nonce and a new quote.
+        verifier.script = [503]
+        sleeps.clear()
+        agent.run(cycles=1)
+        assert len(sleeps) == 1 and 0 <= sleeps[0] <= 2.0
+        assert len(verifier.evidence) == 4
+        assert verifier.evidence[-1].quote != verifier.evidence[-2].quote
