@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from ultraviolet.build.health import DROPIN_PATH, HEALTH_UNIT, UNIT_PATH, health_files
+from ultraviolet.build.health import (
+    DROPIN_PATH,
+    FAILURE_MESSAGE,
+    HEALTH_UNIT,
+    UNIT_PATH,
+    health_files,
+)
 from ultraviolet.errors import PolicyError
 from ultraviolet.formats.unitfile import parse_unit
 from ultraviolet.policy import parse_policy
@@ -32,6 +38,7 @@ def test_units_and_commands_become_one_failing_oneshot_that_reboots() -> None:
         "/usr/bin/false",
     )
     assert gate.get("Unit", "FailureAction") == "reboot"
+    assert FAILURE_MESSAGE in (gate.get("Service", "ExecStopPost") or "")
     assert gate.get("Unit", "Before") == "boot-complete.target"
     assert "containerd.service" in (gate.get("Unit", "After") or "").split()
     dropin = parse_unit(files[DROPIN_PATH])

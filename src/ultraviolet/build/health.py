@@ -20,6 +20,11 @@ from ultraviolet.policy.model import NodePolicy
 HEALTH_UNIT = "ultraviolet-health.service"
 UNIT_PATH = f"usr/lib/systemd/system/{HEALTH_UNIT}"
 DROPIN_PATH = "usr/lib/systemd/system/boot-complete.target.d/50-ultraviolet-health.conf"
+FAILURE_MESSAGE = "ultraviolet-health: trial boot failed the health gate"
+_REPORT = (
+    f"/bin/sh -c 'test \"$$SERVICE_RESULT\" = success || echo \"{FAILURE_MESSAGE}"
+    " ($$SERVICE_RESULT, $$EXIT_CODE $$EXIT_STATUS): rebooting\" > /dev/console'"
+)
 
 
 def health_unit(policy: NodePolicy) -> UnitFile | None:
@@ -40,6 +45,8 @@ def health_unit(policy: NodePolicy) -> UnitFile | None:
     if units:
         service.append(("ExecStart", "/usr/bin/systemctl is-active " + " ".join(units)))
     service += [("ExecStart", command) for command in checks]
+    # Say on the console why the node reboots ($$: a literal $ for the shell, not systemd).
+    service.append(("ExecStopPost", _REPORT))
     return unit(("Unit", entries), ("Service", service))
 
 
