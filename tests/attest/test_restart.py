@@ -164,7 +164,7 @@ def setup(
                 server.destroy()
 
 
-def _wait_delivered(store: Store, timeout: float = 60) -> list[OutboxAlert]:
+def _wait_delivered(store: Store, timeout: float = 90) -> list[OutboxAlert]:  # > a lease
     deadline = time.monotonic() + timeout
     while True:
         with store.session() as session:
