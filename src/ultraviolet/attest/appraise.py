@@ -16,30 +16,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from ultraviolet.attest.bootlog import (
+    FirmwareLog,
+    KeyDatabase,
+    Pcr7Facts,
+    read_firmware_log,
+    read_userspace_log,
+    replay_logs,
+)
 from ultraviolet.attest.model import Appraisal, Finding, FindingId, Severity
 from ultraviolet.attest.references import BANK, FINAL_PHASE, AcceptedReleases
 from ultraviolet.errors import FormatError, UltravioletError
-from ultraviolet.formats import efivar
 from ultraviolet.formats import pcr as pcr_math
 from ultraviolet.formats.eventlog import (
-    EV_EFI_BOOT_SERVICES_APPLICATION,
-    EV_EFI_VARIABLE_AUTHORITY,
-    EV_NO_ACTION,
     Event,
-    EventLog,
-    UefiVariable,
     UserspaceEvent,
-    parse_event_log,
-    parse_userspace_log,
-    replay,
-    replay_userspace,
 )
 from ultraviolet.formats.evidence import Evidence, IpeEvent
 from ultraviolet.formats.tpm import (
@@ -76,7 +74,7 @@ class _Run:
     findings: dict[FindingId, Finding] = field(default_factory=dict)
     quote: Quote | None = None
     signature: Signature | None = None
-    log: EventLog | None = None
+    firmware: FirmwareLog | None = None
     userspace: tuple[UserspaceEvent, ...] = ()
     quoted: dict[str, dict[int, bytes]] = field(default_factory=dict)  # authenticated
     replayed: set[int] = field(default_factory=set)  # BANK PCRs whose log matched the quote
@@ -137,32 +135,28 @@ def _appraise_quote_and_logs(run: _Run) -> None:
 
 
 def _check_format(run: _Run) -> bool:
-    evidence = run.evidence
-    parts: list[tuple[str, Callable[[], None]]] = [
-        ("quote", lambda: setattr(run, "quote", parse_quote(evidence.quote))),
-        ("signature", lambda: setattr(run, "signature", parse_signature(evidence.signature))),
-        ("firmware log", lambda: setattr(run, "log", parse_event_log(evidence.firmware_log))),
-        (
-            "userspace log",
-            lambda: setattr(run, "userspace", parse_userspace_log(evidence.userspace_log)),
-        ),
-    ]
-    for what, parse in parts:
-        try:
-            parse()
-        except FormatError as exc:
-            return run.failed(_ID.EVIDENCE_FORMAT, f"the {what} does not parse: {exc}", part=what)
+    evidence, part = run.evidence, "quote"
+    try:
+        run.quote = parse_quote(evidence.quote)
+        part = "signature"
+        run.signature = parse_signature(evidence.signature)
+        part = "firmware log"
+        run.firmware = read_firmware_log(bytes(evidence.firmware_log))
+        part = "userspace log"
+        run.userspace = read_userspace_log(bytes(evidence.userspace_log))
+    except FormatError as exc:
+        return run.failed(_ID.EVIDENCE_FORMAT, f"the {part} does not parse: {exc}", part=part)
     return run.passed(_ID.EVIDENCE_FORMAT, "quote, signature and both logs parse")
 
 
 def _check_signature(run: _Run) -> bool:
     assert run.quote is not None and run.signature is not None
-    message, signature, ak = run.quote.to_bytes(), run.signature, run.ak
+    message, signature, ak = run.evidence.quote, run.signature, run.ak
     try:
         verify_signature(message, signature, ak)
     except UltravioletError as exc:
         return _signature_failed(run, message, signature, str(exc))
-    run.passed(_ID.AK_KNOWN, "the quote is signed by the enrolled AK", ak_name=ak.name().hex())
+    run.passed(_ID.AK_KNOWN, "the quote is signed by the enrolled AK")
     return run.passed(_ID.QUOTE_SIGNATURE, "the signature covers the quote as sent")
 
 
@@ -283,25 +277,26 @@ def _initial(pcr: int, bank: str) -> bytes:
 
 
 def _check_replay(run: _Run) -> bool:
-    assert run.log is not None
     firmware_bad: list[str] = []
     userspace_bad: list[str] = []
     for bank, values in run.quoted.items():
-        try:
-            firmware = replay(run.log, bank)
-            combined = replay_userspace(run.userspace, bank, firmware)
-        except FormatError as exc:
-            firmware_bad.append(f"{bank}: {exc}")
+        evidence = run.evidence
+        replayed = replay_logs(bytes(evidence.firmware_log), bytes(evidence.userspace_log), bank)
+        if replayed.firmware_error or replayed.userspace_error:
+            firmware_bad += [f"{bank}: {replayed.firmware_error}"] * bool(replayed.firmware_error)
+            userspace_bad += [f"{bank}: {replayed.userspace_error}"] * bool(
+                replayed.userspace_error
+            )
             continue
-        extended = {e.pcr for e in run.userspace if bank in e.digests and e.pcr is not None}
         for pcr, quoted in sorted(values.items()):
-            expected = combined.get(pcr, _initial(pcr, bank))
+            expected = replayed.values.get(pcr) or _initial(pcr, bank)
             if hmac.compare_digest(expected, quoted):
                 if bank == BANK:
                     run.replayed.add(pcr)
                 continue
-            text = _replay_mismatch(run, bank, pcr, expected, quoted, pcr in extended)
-            (userspace_bad if pcr in extended else firmware_bad).append(text)
+            extended = pcr in replayed.userspace_pcrs
+            text = _replay_mismatch(run, bank, pcr, expected, quoted, extended)
+            (userspace_bad if extended else firmware_bad).append(text)
     _replay_finding(run, _ID.EVENTLOG_REPLAY, firmware_bad, "the firmware log")
     _replay_finding(run, _ID.USERSPACE_LOG_REPLAY, userspace_bad, "the userspace log")
     return not (firmware_bad or userspace_bad)
@@ -310,9 +305,7 @@ def _check_replay(run: _Run) -> bool:
 def _replay_mismatch(
     run: _Run, bank: str, pcr: int, expected: bytes, quoted: bytes, userspace: bool
 ) -> str:
-    assert run.log is not None
-    events = sum(1 for e in run.log.events if e.pcr == pcr and e.event_type != EV_NO_ACTION)
-    source = f"{events} firmware log events"
+    source = f"{len(_events(run, pcr))} firmware log events"
     if userspace:
         more = sum(1 for e in run.userspace if e.pcr == pcr and bank in e.digests)
         source += f" and {more} userspace log events"
@@ -326,9 +319,9 @@ def _replay_finding(run: _Run, finding_id: FindingId, problems: list[str], log: 
         run.passed(finding_id, f"{log} replays to the quoted PCRs")
 
 
-def _events(run: _Run, pcr: int) -> list[Event]:
-    assert run.log is not None
-    return [e for e in run.log.events if e.pcr == pcr and e.event_type != EV_NO_ACTION]
+def _events(run: _Run, pcr: int) -> tuple[Event, ...]:
+    assert run.firmware is not None
+    return run.firmware.events(pcr)
 
 
 def _trusted_pcr(run: _Run, finding_id: FindingId, pcr: int) -> bool:
@@ -341,30 +334,24 @@ def _trusted_pcr(run: _Run, finding_id: FindingId, pcr: int) -> bool:
     return True
 
 
-def _covers_data(event: Event) -> bool:
-    digest = event.digests.get(BANK)
-    return digest is not None and hmac.compare_digest(digest, hashlib.sha256(event.data).digest())
-
-
 # PCR 4: the boot chain.
 
 
 def _check_pcr4(run: _Run) -> None:
     if not _trusted_pcr(run, _ID.PCR4_BOOT_CHAIN, 4):
         return
-    applications: list[bytes] = []
-    for event in _events(run, 4):
-        if event.event_type == EV_EFI_BOOT_SERVICES_APPLICATION:
-            applications.append(event.digests[BANK])
-        elif not _covers_data(event):
-            run.failed(
-                _ID.PCR4_BOOT_CHAIN,
-                f"event #{event.index} ({event.type_name}) in PCR 4 has a digest that is not the "
-                "hash of its data: it may stand for an unlisted image",
-                event=event.index,
-            )
-            return
-    _judge_boot_chain(run, applications)
+    assert run.firmware is not None
+    facts = run.firmware.pcr4
+    if facts.disguised is not None:
+        event = facts.disguised
+        run.failed(
+            _ID.PCR4_BOOT_CHAIN,
+            f"event #{event.index} ({event.type_name}) in PCR 4 has a digest that is not the "
+            "hash of its data: it may stand for an unlisted image",
+            event=event.index,
+        )
+        return
+    _judge_boot_chain(run, list(facts.applications))
 
 
 def _describe_image(run: _Run, digest: bytes) -> str:
@@ -405,76 +392,53 @@ def _judge_boot_chain(run: _Run, applications: list[bytes]) -> None:
 def _check_pcr7(run: _Run) -> None:
     if not _trusted_pcr(run, _ID.PCR7_SECURE_BOOT, 7):
         return
-    variables: dict[str, bytes] = {}
-    authorities: list[bytes] = []
-    for event in _events(run, 7):
-        if not _covers_data(event):
-            run.failed(
-                _ID.PCR7_SECURE_BOOT,
-                f"event #{event.index} ({event.type_name}) in PCR 7: its digest is not the hash "
-                "of its data, so its content cannot be trusted",
-                event=event.index,
-            )
-            return
-        content = _variable(event)
-        if content is None:
-            continue
-        if event.event_type == EV_EFI_VARIABLE_AUTHORITY:
-            authorities.append(content.data)
-        else:
-            variables.setdefault(content.name, content.data)
-    problems = _secure_boot_problems(run, variables, authorities)
+    assert run.firmware is not None
+    facts = run.firmware.pcr7
+    if facts.uncovered is not None:
+        event = facts.uncovered
+        run.failed(
+            _ID.PCR7_SECURE_BOOT,
+            f"event #{event.index} ({event.type_name}) in PCR 7: its digest is not the hash "
+            "of its data, so its content cannot be trusted",
+            event=event.index,
+        )
+        return
+    problems = _secure_boot_problems(run, facts)
     if problems:
         run.failed(_ID.PCR7_SECURE_BOOT, "; ".join(problems))
     else:
         run.passed(_ID.PCR7_SECURE_BOOT, "Secure Boot on with our PK, KEK and db")
 
 
-def _variable(event: Event) -> UefiVariable | None:
-    try:
-        content = event.content()
-    except FormatError:
-        return None
-    return content if isinstance(content, UefiVariable) else None
-
-
-def _secure_boot_problems(
-    run: _Run, variables: Mapping[str, bytes], authorities: Sequence[bytes]
-) -> list[str]:
-    secure_boot = variables.get("SecureBoot")
+def _secure_boot_problems(run: _Run, facts: Pcr7Facts) -> list[str]:
     problems = []
-    if secure_boot != b"\x01":
-        shown = "not measured" if secure_boot is None else secure_boot.hex()
+    if facts.secure_boot != b"\x01":
+        shown = "not measured" if facts.secure_boot is None else facts.secure_boot.hex()
         problems.append(f"SecureBoot is {shown}, expected 01 (on)")
     for name, role in SECURE_BOOT_VARIABLES.items():
-        problem = _key_database_problem(run, name, role, variables.get(name))
+        problem = _key_database_problem(run, name, role, facts.databases.get(name))
         if problem:
             problems.append(problem)
-    ours = run.accepted.certificates["db"]
-    used = [hashlib.sha256(entry[16:]).digest() for entry in authorities]
-    if not used:
+    if not facts.authorities:
         problems.append("no db authority was measured: the boot loader was not verified by db")
-    for fingerprint in used:
-        if fingerprint not in ours:
+    for fingerprint in facts.authorities:
+        if fingerprint not in run.accepted.certificates["db"]:
             problems.append(
                 f"an image was verified by a db entry that is not ours: {_short(fingerprint)}"
             )
     return problems
 
 
-def _key_database_problem(run: _Run, name: str, role: str, value: bytes | None) -> str | None:
-    if value is None:
+def _key_database_problem(
+    run: _Run, name: str, role: str, database: KeyDatabase | None
+) -> str | None:
+    if database is None:
         return f"{name} was not measured"
-    try:
-        lists = efivar.parse_signature_lists(value)
-    except FormatError as exc:
-        return f"{name} is not a signature list: {exc.detail}"
-    if any(not entry.is_x509 for entry in lists):
-        return f"{name} holds entries other than X.509 certificates (hashes allow unsigned images)"
-    found = efivar.certificate_fingerprints(lists)
+    if database.problem is not None:
+        return database.problem
     ours = run.accepted.certificates[role]
-    foreign = [fp for fp in found if fp not in ours]
-    if not found or foreign:
+    foreign = [fp for fp in database.fingerprints if fp not in ours]
+    if not database.fingerprints or foreign:
         shown = ", ".join(_short(fp) for fp in foreign) or "no certificate"
         expected = ", ".join(_short(fp) for fp in sorted(ours))
         return f"{name} holds {shown}, expected only our {role} certificate ({expected})"

@@ -176,7 +176,7 @@ def _variable(pcr: int, kind: int, vendor: uuid.UUID, name: str, data: bytes) ->
     return measured(pcr, kind, efivar.uefi_variable_data(vendor, name, data), BANKS)
 
 
-def _platform_events() -> list[EventRecord]:
+def _platform_events(machine: int) -> list[EventRecord]:
     records = [
         startup_locality(0, BANKS),
         measured(0, ev.EV_S_CRTM_VERSION, utf16("edk2-stable202502"), BANKS),
@@ -186,6 +186,11 @@ def _platform_events() -> list[EventRecord]:
             8, "little"
         )
         records.append(measured(0, 0x80000008, data, BANKS, digest_of=b"FV%d" % number))
+    for table in (b"ACPI DATA", b"ACPI DATA", b"SMBIOS"):
+        records.append(measured(0, ev.EV_POST_CODE, table, BANKS, digest_of=table + b" table"))
+    handoff = utf16("SmbiosTable") + bytes(8)
+    records.append(measured(1, 0x8000000B, handoff, BANKS, digest_of=b"SMBIOS structures"))
+    records.append(measured(1, 0x8000000A, b"\x00" * 16, BANKS, digest_of=b"platform config"))
     for number in range(4):  # option ROMs
         image = image_load_data(0x7E000000 + number * 0x20000, 0x20000)
         records.append(measured(2, ev.EV_EFI_BOOT_SERVICES_DRIVER, image, BANKS, b"rom%d" % number))
@@ -193,7 +198,7 @@ def _platform_events() -> list[EventRecord]:
     order = b"".join(n.to_bytes(2, "little") for n in range(6))
     records.append(_variable(1, variable, efivar.EFI_GLOBAL_VARIABLE, "BootOrder", order))
     for number in range(6):
-        option = utf16(f"UEFI Boot Option {number}") + bytes(12)
+        option = utf16(f"UEFI Boot Option {number} of machine {machine}") + bytes(12)
         name = f"Boot{number:04X}"
         records.append(_variable(1, variable, efivar.EFI_GLOBAL_VARIABLE, name, option))
     return records
@@ -232,15 +237,21 @@ def boot_measurements(
     secure_boot: bool = True,
     boot_loader: bytes | None = None,
     uki: bytes | None = None,
+    machine: int = 0,
 ) -> Boot:
     """The logs of booting `release` (profile number `profile`); `boot_loader`/`uki` replace
-    the Authenticode digests the firmware measures into PCR 4 (another image)."""
+    the Authenticode digests the firmware measures into PCR 4 (another image). `machine`
+    numbers the simulated machine: its boot options and machine-id differ from others'."""
     reference = release.reference
     loader_digest = boot_loader or reference.boot_loader_authenticode_sha256 or b""
     uki_digest = uki or reference.uki_authenticode_sha256
     application = ev.EV_EFI_BOOT_SERVICES_APPLICATION
     separator = [measured(pcr, ev.EV_SEPARATOR, bytes(4), BANKS) for pcr in range(8)]
-    records = [*_platform_events(), *_secure_boot_events(release.keys, secure_boot), *separator]
+    records = [
+        *_platform_events(machine),
+        *_secure_boot_events(release.keys, secure_boot),
+        *separator,
+    ]
     records += [
         measured(4, ev.EV_EFI_ACTION, b"Calling EFI Application from Boot Option", BANKS),
         EventRecord(4, application, image_load_data(0x7D000000, 0x1A000), _same(loader_digest)),
@@ -252,6 +263,8 @@ def boot_measurements(
                 7, ev.EV_EFI_VARIABLE_AUTHORITY, efivar.EFI_IMAGE_SECURITY_DATABASE, "db", authority
             )
         )
+    gpt = b"EFI PART" + bytes(84) + (4).to_bytes(8, "little") + bytes(4 * 128)
+    records.append(measured(5, 0x80000006, gpt, BANKS))
     loader_conf = tagged_event_data(LOADER_CONF_TAG, utf16("loader.conf"))
     records += [
         measured(5, ev.EV_EVENT_TAG, loader_conf, BANKS, digest_of=b"timeout 3\n"),
@@ -260,7 +273,7 @@ def boot_measurements(
         measured(5, ev.EV_EFI_ACTION, b"Exit Boot Services Invocation", BANKS),
         measured(5, ev.EV_EFI_ACTION, b"Exit Boot Services Returned with Success", BANKS),
     ]
-    return Boot(tuple(records), _userspace_log())
+    return Boot(tuple(records), _userspace_log(machine))
 
 
 def _same(sha256: bytes) -> dict[str, bytes]:
@@ -269,15 +282,16 @@ def _same(sha256: bytes) -> dict[str, bytes]:
     return {"sha1": hashlib.sha1(sha256).digest(), "sha256": sha256}
 
 
-def _userspace_log() -> bytes:
+def _userspace_log(machine: int) -> bytes:
+    machine_id = hashlib.sha256(b"machine %d" % machine).hexdigest()[:32]
     records = [userspace_record(11, phase, BANKS) for phase in pcr_math.BOOT_PHASES[:2]]
-    records.append(
-        userspace_record(15, "machine-id:3f1c0a9b5e2d4c7f8a6b1e0d9c8b7a65", BANKS, "machine-id")
-    )
+    records.append(userspace_record(15, f"machine-id:{machine_id}", BANKS, "machine-id"))
     records.append(userspace_record(11, pcr_math.BOOT_PHASES[2], BANKS))
     for mount in ("/", "/usr", "/var"):
         what = f"file-system:{mount}:ext4:0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0:root"
         records.append(userspace_record(15, what, BANKS, "filesystem"))
+    volume = f"cryptsetup:root:{machine_id}"
+    records.append(userspace_record(15, volume, BANKS, "volume-key"))
     records.append(userspace_record(11, pcr_math.BOOT_PHASES[3], BANKS))
     return b"".join(records)
 

@@ -18,8 +18,10 @@ systemd's /run/log/systemd/tpm2-measure.log is a JSON-SEQ (RFC 7464) file: each 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from typing import Any, Literal
 from ultraviolet.errors import FormatError
 from ultraviolet.formats import pcr as pcr_math
 from ultraviolet.formats._reader import Bytes, Reader
+from ultraviolet.formats.eventlog_names import EVENT_TYPES, SYSTEMD_EVENT_TAGS
 from ultraviolet.formats.tpm import HASH_ALGORITHMS, hash_name
 
 EV_PREBOOT_CERT = 0x00
@@ -47,58 +50,6 @@ EV_EFI_RUNTIME_SERVICES_DRIVER = 0x80000005
 EV_EFI_ACTION = 0x80000007
 EV_EFI_VARIABLE_BOOT2 = 0x8000000C
 EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
-
-# PC Client PFP, section 10.4.1 "Event Types".
-EVENT_TYPES: dict[int, str] = {
-    0x00: "EV_PREBOOT_CERT",
-    0x01: "EV_POST_CODE",
-    0x02: "EV_UNUSED",
-    0x03: "EV_NO_ACTION",
-    0x04: "EV_SEPARATOR",
-    0x05: "EV_ACTION",
-    0x06: "EV_EVENT_TAG",
-    0x07: "EV_S_CRTM_CONTENTS",
-    0x08: "EV_S_CRTM_VERSION",
-    0x09: "EV_CPU_MICROCODE",
-    0x0A: "EV_PLATFORM_CONFIG_FLAGS",
-    0x0B: "EV_TABLE_OF_DEVICES",
-    0x0C: "EV_COMPACT_HASH",
-    0x0D: "EV_IPL",
-    0x0E: "EV_IPL_PARTITION_DATA",
-    0x0F: "EV_NONHOST_CODE",
-    0x10: "EV_NONHOST_CONFIG",
-    0x11: "EV_NONHOST_INFO",
-    0x12: "EV_OMIT_BOOT_DEVICE_EVENTS",
-    0x80000001: "EV_EFI_VARIABLE_DRIVER_CONFIG",
-    0x80000002: "EV_EFI_VARIABLE_BOOT",
-    0x80000003: "EV_EFI_BOOT_SERVICES_APPLICATION",
-    0x80000004: "EV_EFI_BOOT_SERVICES_DRIVER",
-    0x80000005: "EV_EFI_RUNTIME_SERVICES_DRIVER",
-    0x80000006: "EV_EFI_GPT_EVENT",
-    0x80000007: "EV_EFI_ACTION",
-    0x80000008: "EV_EFI_PLATFORM_FIRMWARE_BLOB",
-    0x80000009: "EV_EFI_HANDOFF_TABLES",
-    0x8000000A: "EV_EFI_PLATFORM_FIRMWARE_BLOB2",
-    0x8000000B: "EV_EFI_HANDOFF_TABLES2",
-    0x8000000C: "EV_EFI_VARIABLE_BOOT2",
-    0x80000010: "EV_EFI_HCRTM_EVENT",
-    0x800000E0: "EV_EFI_VARIABLE_AUTHORITY",
-    0x800000E1: "EV_EFI_SPDM_FIRMWARE_BLOB",
-    0x800000E2: "EV_EFI_SPDM_FIRMWARE_CONFIG",
-    0x800000E3: "EV_EFI_SPDM_DEVICE_POLICY",
-    0x800000E4: "EV_EFI_SPDM_DEVICE_AUTHORITY",
-}
-
-# systemd-boot's and systemd-stub's EV_EVENT_TAG ids (systemd docs/TPM2_PCR_MEASUREMENTS.md).
-SYSTEMD_EVENT_TAGS: dict[int, str] = {
-    0xD5CB7CBC: "smbios:type1",
-    0xE0D47BC8: "smbios:type2",
-    0xC0B3BD23: "smbios:type11",
-    0xF5BC582A: "loader.conf",
-    0x6C46F751: "devicetree-addon",
-    0x49DFFE0F: "initrd-addon",
-    0xDAC08E1A: "ucode-addon",
-}
 
 SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\0"
@@ -277,6 +228,39 @@ def _read_legacy_event(r: Reader, index: int) -> Event:
     return Event(index, offset, data_offset, pcr, event_type, {"sha1": sha1}, r.read(size))
 
 
+_EVENT2_HEAD = struct.Struct("<III")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
+def _read_agile_event_fast(
+    r: Reader, index: int, banks: Mapping[int, tuple[str, int]]
+) -> Event | None:
+    """The common case without a Reader call per field (the verifier parses a log per
+    evidence); None for anything unusual, which the checked reader then reports."""
+    data, offset = r.data, r.pos
+    end = len(data)
+    if offset + 12 > end:
+        return None
+    pcr, event_type, count = _EVENT2_HEAD.unpack_from(data, offset)
+    at = offset + 12
+    digests: dict[str, bytes] = {}
+    for _ in range(count if count <= len(banks) else 0):
+        known = banks.get(_U16.unpack_from(data, at)[0]) if at + 2 <= end else None
+        if known is None or known[0] in digests or at + 2 + known[1] > end:
+            return None
+        digests[known[0]] = bytes(data[at + 2 : at + 2 + known[1]])
+        at += 2 + known[1]
+    if len(digests) != count or at + 4 > end:
+        return None
+    size = _U32.unpack_from(data, at)[0]
+    at += 4
+    if at + size > end:
+        return None
+    r.pos = at + size
+    return Event(index, offset, at, pcr, event_type, digests, bytes(data[at : at + size]))
+
+
 def _read_agile_event(r: Reader, index: int, sizes: Mapping[int, int]) -> Event:
     offset = r.pos
     pcr, event_type, count = r.unpack("<III")
@@ -343,9 +327,11 @@ def parse_event_log(data: Bytes) -> EventLog:
         r.fail("the Spec ID event has a non-zero digest", first.offset + 8)
     spec_id = _read_spec_id(first.data, first.data_offset)
     sizes = dict(spec_id.algorithms)
+    banks = {alg: (hash_name(alg), size) for alg, size in spec_id.algorithms}
     events = [first]
     while r.remaining:
-        events.append(_read_agile_event(r, len(events), sizes))
+        event = _read_agile_event_fast(r, len(events), banks)
+        events.append(event or _read_agile_event(r, len(events), sizes))
     return EventLog("crypto-agile", spec_id, tuple(events))
 
 
@@ -462,18 +448,20 @@ def replay(log: EventLog, bank: str = "sha256") -> dict[int, bytes]:
         raise EventLogError("event log replay", f"the log has no {bank} bank: {log.banks}")
     locality = startup_locality(log)
     values: dict[int, bytes] = {}
+    hasher, zero = getattr(hashlib, bank), pcr_math.zero_pcr(bank)
     for event in log.events:
         if event.event_type == EV_NO_ACTION:
             continue
         value = event.digests.get(bank)
         if value is None:
             raise EventLogError("event log replay", f"no {bank} digest", event.offset)
-        if event.pcr not in values:
-            start = bytearray(pcr_math.zero_pcr(bank))
-            if event.pcr == 0 and locality is not None:
-                start[-1] = locality
-            values[event.pcr] = bytes(start)
-        values[event.pcr] = pcr_math.extend(values[event.pcr], value, bank)
+        current = values.get(event.pcr)
+        if current is None:
+            locality_byte = bytes([locality]) if event.pcr == 0 and locality is not None else b""
+            current = zero[: len(zero) - len(locality_byte)] + locality_byte
+        if len(value) != len(zero):
+            pcr_math.extend(current, value, bank)  # raises, naming both sizes
+        values[event.pcr] = hasher(current + value).digest()
     return values
 
 
@@ -502,6 +490,9 @@ class UserspaceEvent:
         return value if isinstance(value, str) else None
 
 
+_DIGEST_SIZES = {name: size for name, size, _ in HASH_ALGORITHMS.values()}
+
+
 def _userspace_digests(items: object, fail: Callable[[str], EventLogError]) -> dict[str, bytes]:
     if not isinstance(items, list) or not items:
         raise fail('"digests" is not a non-empty list')
@@ -516,8 +507,7 @@ def _userspace_digests(items: object, fail: Callable[[str], EventLogError]) -> d
             value = bytes.fromhex(text)
         except ValueError as exc:
             raise fail(f"{bank} digest is not hex") from exc
-        known = {name: size for name, size, _ in HASH_ALGORITHMS.values()}
-        if bank in known and len(value) != known[bank]:
+        if bank in _DIGEST_SIZES and len(value) != _DIGEST_SIZES[bank]:
             raise fail(f"a {bank} digest of {len(value)} bytes")
         if bank in digests:
             raise fail(f"a second {bank} digest")
@@ -554,7 +544,11 @@ def parse_userspace_log(data: Bytes) -> tuple[UserspaceEvent, ...]:
     if raw and raw[0] != RECORD_SEPARATOR:
         raise EventLogError("tpm2-measure.log", "does not start with 0x1E (JSON-SEQ)", 0)
     events = []
-    starts = [i for i, byte in enumerate(raw) if byte == RECORD_SEPARATOR]
+    starts, separator = [], bytes([RECORD_SEPARATOR])
+    at = raw.find(separator)
+    while at >= 0:
+        starts.append(at)
+        at = raw.find(separator, at + 1)
     for start, end in itertools.pairwise([*starts, len(raw)]):
         body = raw[start + 1 : end]
         if not body.strip():
