@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from ultraviolet.cli import main
 from ultraviolet.errors import AttestationError
 from ultraviolet.formats.evidence import parse_evidence
 from ultraviolet.formats.tpm import PublicArea, parse_public_2b, parse_signature, verify_quote
@@ -152,6 +153,18 @@ def test_a_missing_firmware_log_is_an_error_not_empty_evidence(tmp_path: Path) -
     with pytest.raises(AttestationError, match="no firmware event log"):
         _read_log(tmp_path / "absent", required=True)
     assert _read_log(tmp_path / "absent", required=False) == b""
+
+
+def test_uvctl_agent_needs_a_verifier_and_pcrs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["agent", "--once", "--state-dir", str(tmp_path), "--node-id", "n"]
+    assert main([*base, "--pcrs", "0"]) == 2
+    assert "no verifier" in capsys.readouterr().err
+    assert main([*base, "--verifier", "http://127.0.0.1:9", "--pcrs", "0,x"]) == 2
+    assert "--pcrs" in capsys.readouterr().err
+    assert main([*base, "--verifier", "http://127.0.0.1:9"]) == 2
+    assert "no PCRs" in capsys.readouterr().err
 
 
 @pytest.mark.oracle

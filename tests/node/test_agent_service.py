@@ -6,7 +6,8 @@ The agent starts while the verifier is down (it backs off), then enrols by crede
 activation and attests trusted; an IPE denial in the audit log makes the next report untrusted
 with the finding ipe.denials, and the one after (no new records: the cursor was committed) is
 trusted again; a reboot of the node (same TPM, new boot) keeps the enrolment; a node booted
-with Secure Boot off is untrusted by pcr7.secure-boot.
+with Secure Boot off is untrusted by pcr7.secure-boot. `uvctl agent --once` does the same from
+the command line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ultraviolet.attest.simulate import (
     boot_measurements,
     synthetic_release,
 )
+from ultraviolet.cli import main
 from ultraviolet.formats.reference import render_reference
 from ultraviolet.formats.tpm import parse_public_2b
 from ultraviolet.node.agent import Agent, AgentConfig, Backoff, pcr_selection
@@ -184,3 +186,38 @@ def test_agent_enrols_and_attests_against_the_verifier(
         assert answer["state"] == "untrusted"
         failed = [f["id"] for f in answer["findings"] if f["severity"] == "fail"]
         assert "pcr7.secure-boot" in failed, answer
+
+
+def test_uvctl_agent_once(
+    tools_chroot: ToolsChroot,
+    tmp_path: Path,
+    service: Service,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The command line: `uvctl agent --once` enrols and reports, here with the tools chroot's
+    tpm2-tools against the simulated node's swtpm; the IPE records come from an audit.log."""
+    keys = SecureBootKeys.generate()
+    release = synthetic_release("uvnode", "2.0", keys)
+    boot = boot_measurements(release, profile=1)  # the factory-reset profile: also accepted
+    service.start()
+    reference = render_reference(release.reference).encode()
+    service.call("PUT", "/v1/admin/releases/uvnode/2.0", reference)
+    with simulated_node(
+        tools_chroot, tmp_path / "node", _driver_for(tools_chroot), boot.firmware_log,
+        boot.userspace,
+    ) as node:  # fmt: skip
+        fingerprint = ek_fingerprint(parse_public_2b(node.tpm.ek_public()))
+        assert node.swtpm is not None
+        arguments = [
+            "agent", "--once", "--tools-chroot", "--tcti", node.swtpm.tcti,
+            "--verifier", service.url, "--node-id", "cli-node", "--pcrs", "0,2,4,7,11",
+            "--state-dir", str(node.state_dir), "--firmware-log", str(node.firmware_log_path),
+            "--userspace-log", str(node.userspace_log_path),
+            "--ipe-audit-log", str(node.directory / "audit.log"),
+        ]  # fmt: skip
+        assert main(arguments) == 2  # the EK is not approved yet: a clear error
+        assert "enrol.ek-not-approved" in capsys.readouterr().err
+        service.call("POST", "/v1/admin/eks", json.dumps({"fingerprint": fingerprint}).encode())
+        assert main(arguments) == 0
+        assert capsys.readouterr().out.strip() == "cli-node: trusted"
+        assert service.call("GET", "/v1/nodes/cli-node")["state"] == "trusted"

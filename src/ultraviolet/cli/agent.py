@@ -12,6 +12,7 @@ from ultraviolet.node.agent import FIRMWARE_LOG, USERSPACE_LOG, Agent, AgentConf
 from ultraviolet.node.ipe import AuditLogSource, IpeSource, JournalSource
 from ultraviolet.node.tpm import DEFAULT_TCTI, TpmDriver
 from ultraviolet.policy.load import load_policy
+from ultraviolet.tools import tools
 
 DEFAULT_STATE_DIR = Path("/var/lib/ultraviolet/agent")
 MACHINE_ID = Path("/etc/machine-id")
@@ -42,6 +43,12 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="read IPE records from this audit.log instead of the journal",
     )
+    parser.add_argument(
+        "--tools-chroot",
+        action="store_true",
+        help="run tpm2-tools from uvctl's tools chroot (a development machine without them; "
+        "e.g. with --tcti swtpm:path=SOCKET)",
+    )
     parser.add_argument("--once", action="store_true", help="enrol if needed, report once, exit")
     parser.set_defaults(func=run_agent)
 
@@ -69,6 +76,25 @@ def _configuration(args: argparse.Namespace) -> tuple[str, str, list[int]]:
     return verifier, node_id, pcrs
 
 
+def _driver(args: argparse.Namespace) -> TpmDriver:
+    if not args.tools_chroot:
+        return TpmDriver(args.state_dir, tcti=args.tcti, ek_algorithm=args.ek_algorithm)
+    # The chroot sees only what is bound into it: the socket's directory of a socket TCTI.
+    kind, _, options = args.tcti.partition(":")
+    binds = []
+    for option in options.split(","):
+        key, _, value = option.partition("=")
+        if kind in ("swtpm", "mssim") and key == "path" and value:
+            binds.append(Path(value).parent)
+    return TpmDriver(
+        args.state_dir,
+        tcti=args.tcti,
+        ek_algorithm=args.ek_algorithm,
+        chroot=tools(),
+        binds=binds,
+    )
+
+
 def run_agent(args: argparse.Namespace) -> int:
     verifier, node_id, pcrs = _configuration(args)
     args.state_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +113,7 @@ def run_agent(args: argparse.Namespace) -> int:
         firmware_log=args.firmware_log,
         userspace_log=args.userspace_log,
     )
-    tpm = TpmDriver(args.state_dir, tcti=args.tcti, ek_algorithm=args.ek_algorithm)
+    tpm = _driver(args)
     logging.getLogger("ultraviolet.node").setLevel(logging.INFO)
     agent = Agent(config, tpm)
     if args.once:
