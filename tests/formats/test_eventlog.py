@@ -16,6 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ultraviolet.formats import efivar
+from ultraviolet.formats._reader import Reader
 from ultraviolet.formats.eventlog import (
     EV_EFI_BOOT_SERVICES_APPLICATION,
     EV_EFI_VARIABLE_BOOT,
@@ -35,12 +37,24 @@ from ultraviolet.formats.eventlog import (
     StartupLocality,
     TaggedEvent,
     UefiVariable,
+    _read_agile_event,
     parse_event_log,
     parse_userspace_log,
     replay,
     replay_userspace,
     startup_locality,
 )
+from ultraviolet.formats.eventlog_write import (
+    EventLogWriteError,
+    EventRecord,
+    image_load_data,
+    measured,
+    tagged_event_data,
+    userspace_record,
+    utf16,
+    write_event_log,
+)
+from ultraviolet.formats.eventlog_write import startup_locality as startup_locality_record
 
 LOGS = Path("/work/shared/testdata/eventlogs")
 BINARY_LOGS = sorted(p.name for p in LOGS.glob("*_eventlog"))
@@ -457,3 +471,138 @@ def test_mutated_userspace_logs_raise_only_event_log_error(
 def test_random_userspace_bytes_raise_only_event_log_error(data: bytes) -> None:
     with contextlib.suppress(EventLogError):
         parse_userspace_log(b"\x1e" + data)
+
+
+# The writer (formats/eventlog_write.py) and EFI signature lists (formats/efivar.py). The
+# oracle tier (tests/attest/test_appraise_oracle.py) reads written logs with tpm2_eventlog.
+
+
+APPLICATION = EV_EFI_BOOT_SERVICES_APPLICATION
+
+
+def _written_records() -> list[EventRecord]:
+    banks = ("sha1", "sha256")
+    variable = efivar.uefi_variable_data(EFI_GLOBAL, "SecureBoot", b"\x01")
+    return [
+        startup_locality_record(3, banks),
+        measured(0, 8, utf16("firmware 1.0"), banks),
+        measured(7, EV_EFI_VARIABLE_DRIVER_CONFIG, variable, banks),
+        measured(
+            4, EV_EFI_BOOT_SERVICES_APPLICATION, image_load_data(0x1000, 0x2000), banks, b"pe"
+        ),
+        measured(5, EV_EVENT_TAG, tagged_event_data(0xF5BC582A, utf16("loader.conf")), banks),
+        measured(7, EV_SEPARATOR, bytes(4), banks),
+    ]
+
+
+def test_written_log_parses_back_and_replays() -> None:
+    records = _written_records()
+    data = write_event_log(records, ("sha1", "sha256"))
+    log = parse_event_log(data)
+    assert log.format == "crypto-agile" and log.banks == ("sha1", "sha256")
+    assert log.to_bytes() == data
+    assert [(e.pcr, e.event_type, dict(e.digests), e.data) for e in log.events[1:]] == [
+        (r.pcr, r.event_type, dict(r.digests), r.data) for r in records
+    ]
+    assert startup_locality(log) == 3
+    contents = [event.content() for event in log.events[2:]]
+    assert contents[0] is None  # EV_S_CRTM_VERSION has no decoder
+    assert contents[1] == UefiVariable(EFI_GLOBAL, "SecureBoot", b"\x01")
+    assert contents[2] == ImageLoad(0x1000, 0x2000, 0, b"")
+    assert isinstance(contents[3], TaggedEvent) and contents[3].description == "loader.conf"
+    assert contents[4] == Separator(0)
+    start = bytes(31) + b"\x03"
+    assert replay(log)[0] == _extend(start, utf16("firmware 1.0"))
+    assert replay(log)[4] == _extend(bytes(32), b"pe")
+    assert replay(log, "sha1")[5] == _extend(bytes(20), records[4].data, "sha1")
+
+
+def test_writer_refuses_what_the_format_cannot_hold() -> None:
+    with pytest.raises(EventLogWriteError, match="no sha1 digest"):
+        write_event_log([measured(0, 8, b"x", ("sha256",))], ("sha1", "sha256"))
+    with pytest.raises(EventLogWriteError, match="not distinct"):
+        write_event_log([], ("sha256", "sha256"))
+    with pytest.raises(EventLogWriteError, match="out of range"):
+        write_event_log([measured(-1, 8, b"x", ("sha256",))])
+
+
+def test_userspace_record_is_what_systemd_pcrextend_writes() -> None:
+    record = userspace_record(11, "enter-initrd", ("sha1", "sha256"))
+    (event,) = parse_userspace_log(record)
+    assert (event.pcr, event.string, event.event_type, event.content_type) == (
+        11,
+        "enter-initrd",
+        "phase",
+        "systemd",
+    )
+    assert event.digests["sha256"].hex() == ENTER_INITRD
+    assert record.startswith(b"\x1e") and record.endswith(b"}\n")
+
+
+AGILE_LOGS = [name for name in BINARY_LOGS if parse_event_log(_read(name)).spec_id]
+
+
+@pytest.mark.parametrize("name", AGILE_LOGS)
+def test_fast_path_reads_every_record_like_the_checked_reader(name: str) -> None:
+    log = parse_event_log(_read(name))
+    assert log.spec_id is not None
+    reader = Reader(_read(name), "TCG event log", EventLogError)
+    sizes = dict(log.spec_id.algorithms)
+    for event in log.events[1:]:
+        reader.seek(event.offset)
+        assert _read_agile_event(reader, event.index, sizes) == event
+
+
+def test_signature_lists_round_trip_and_fingerprints() -> None:
+    owner = uuid.UUID("7d4a2f7e-0b4c-4d57-9a47-6c7f9e0e1a55")
+    first, second = b"\x30\x82" + b"A" * 40, b"\x30\x82" + b"B" * 60
+    data = efivar.x509_signature_list([first, second], owner)
+    lists = efivar.parse_signature_lists(data)
+    assert [entry.signature_type for entry in lists] == [efivar.EFI_CERT_X509] * 2
+    assert [s.owner for entry in lists for s in entry.signatures] == [owner, owner]
+    assert b"".join(entry.to_bytes() for entry in lists) == data
+    assert efivar.certificate_fingerprints(lists) == (
+        hashlib.sha256(first).digest(),
+        hashlib.sha256(second).digest(),
+    )
+    hashes = efivar.SignatureList(
+        efivar.EFI_CERT_SHA256,
+        b"",
+        (efivar.SignatureData(owner, b"\x11" * 32), efivar.SignatureData(owner, b"\x22" * 32)),
+    )
+    (parsed,) = efivar.parse_signature_lists(hashes.to_bytes())
+    assert parsed == hashes and not parsed.is_x509
+    assert efivar.certificate_fingerprints([parsed]) == ()
+    assert efivar.parse_signature_lists(b"") == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (bytes(16) + struct.pack("<III", 28, 0, 8), "signatures of 8"),
+        (bytes(16) + struct.pack("<III", 20, 0, 16), "list of 20 bytes"),
+        (bytes(16) + struct.pack("<III", 28 + 20, 0, 16), "not a multiple of 16"),
+        (bytes(16) + struct.pack("<III", 28 + 32, 0, 32), "truncated"),
+    ],
+)
+def test_malformed_signature_lists(data: bytes, message: str) -> None:
+    with pytest.raises(efivar.EfiVariableError, match=message):
+        efivar.parse_signature_lists(data)
+
+
+@given(st.binary(max_size=200))
+def test_random_signature_lists_raise_only_efi_variable_error(data: bytes) -> None:
+    with contextlib.suppress(efivar.EfiVariableError):
+        efivar.parse_signature_lists(data)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=4))
+def test_mutated_signature_lists_raise_only_efi_variable_error(
+    mutations: list[tuple[int, int]],
+) -> None:
+    data = bytearray(efivar.x509_signature_list([b"A" * 50, b"B" * 70], uuid.UUID(int=7)))
+    for offset, value in mutations:
+        data[offset % len(data)] = value
+    with contextlib.suppress(efivar.EfiVariableError):
+        efivar.parse_signature_lists(bytes(data))
