@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ultraviolet.attest.appraise import appraise
 from ultraviolet.attest.model import Appraisal, FindingId, NodeState, Severity
@@ -138,6 +139,25 @@ def test_quote_by_another_ak_fails_ak_known(
     assert severities[FindingId.QUOTE_SIGNATURE] is Severity.SKIP
     assert severities[FindingId.PCR11_REFERENCE] is Severity.SKIP  # nothing rests on it
     assert severities[FindingId.IPE_DENIALS] is Severity.PASS
+
+
+def test_ecdsa_aks_are_trusted_and_another_key_fails_both_signature_ids(
+    release: SimulatedRelease, accepted: AcceptedReleases
+) -> None:
+    """An ECDSA signature cannot show whether another key made it or the quote was altered:
+    both ids fail. A signature of another scheme than the AK's is another key's."""
+    enrolled = SoftwareTpm(ec.generate_private_key(ec.SECP256R1()))
+    other = SoftwareTpm(ec.generate_private_key(ec.SECP256R1()))
+    boot = boot_measurements(release)
+    appraisal = _appraise(simulated_evidence(enrolled, boot, NONCE), enrolled, accepted)
+    assert appraisal.state is NodeState.TRUSTED, appraisal.failures
+    appraisal = _appraise(simulated_evidence(other, boot, NONCE), enrolled, accepted)
+    assert _failed(appraisal) == {FindingId.AK_KNOWN, FindingId.QUOTE_SIGNATURE}
+    assert "cannot tell which" in _message(appraisal, FindingId.AK_KNOWN)
+    rsa_quote = simulated_evidence(SoftwareTpm(), boot, NONCE)
+    appraisal = _appraise(rsa_quote, enrolled, accepted)
+    assert _failed(appraisal) == {FindingId.AK_KNOWN}
+    assert "signed by another key" in _message(appraisal, FindingId.AK_KNOWN)
 
 
 def test_quote_altered_after_signing_fails_quote_signature(

@@ -41,6 +41,7 @@ from ultraviolet.formats.eventlog import (
 )
 from ultraviolet.formats.evidence import Evidence, IpeEvent
 from ultraviolet.formats.tpm import (
+    ALG_NULL,
     ALG_RSASSA,
     HASH_ALGORITHMS,
     PublicArea,
@@ -167,7 +168,7 @@ def _signature_failed(run: _Run, message: bytes, signature: Signature, why: str)
     ak = run.ak
     scheme = ak.parameters.scheme
     own_scheme = (scheme.scheme, scheme.hash_alg)
-    if own_scheme[0] and (signature.scheme, signature.hash_alg) != own_scheme:
+    if scheme.scheme != ALG_NULL and (signature.scheme, signature.hash_alg) != own_scheme:
         run.failed(_ID.AK_KNOWN, f"signed by another key: {why}", ak_name=ak.name().hex())
         run.skip([_ID.QUOTE_SIGNATURE], "the quote is not signed by the enrolled AK")
         return False

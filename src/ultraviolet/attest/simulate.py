@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from ultraviolet.formats import efivar
@@ -38,6 +39,9 @@ from ultraviolet.formats.evidence import Evidence, IpeEvent
 from ultraviolet.formats.reference import Reference
 from ultraviolet.formats.tpm import (
     AK_ATTRIBUTES,
+    ALG_ECC,
+    ALG_ECDSA,
+    ALG_NULL,
     ALG_RSA,
     ALG_RSASSA,
     ALG_SHA256,
@@ -45,6 +49,7 @@ from ultraviolet.formats.tpm import (
     ST_ATTEST_QUOTE,
     Attest,
     ClockInfo,
+    EccParameters,
     PcrSelection,
     PublicArea,
     QuoteInfo,
@@ -60,6 +65,7 @@ from ultraviolet.formats.uki import SECTION_ORDER, Uki, UkiProfile, UkiSection
 BANKS = ("sha1", "sha256")  # what OVMF with swtpm logs and extends
 OWNER = uuid.UUID("7d4a2f7e-0b4c-4d57-9a47-6c7f9e0e1a55")  # SignatureOwner of our entries
 LOADER_CONF_TAG = 0xF5BC582A
+ECC_NIST_P256 = 0x0003
 SIMULATED_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 15)
 
 
@@ -301,9 +307,10 @@ def _userspace_log(machine: int) -> bytes:
 
 @dataclass
 class SoftwareTpm:
-    """PCR banks and an RSA-2048 RSASSA-SHA256 attestation key in memory."""
+    """PCR banks and an attestation key in memory: RSA-2048 RSASSA-SHA256 (tpm2_createak's
+    default) or, given an EC key, P-256 ECDSA-SHA256."""
 
-    key: rsa.RSAPrivateKey = field(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = field(
         default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
     banks: tuple[str, ...] = BANKS
@@ -318,6 +325,17 @@ class SoftwareTpm:
 
     @property
     def public(self) -> PublicArea:
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            point = self.key.public_key().public_numbers()
+            ecc = EccParameters(
+                SymmetricDefinition(),
+                Scheme(ALG_ECDSA, ALG_SHA256),
+                ECC_NIST_P256,
+                Scheme(ALG_NULL),
+                point.x.to_bytes(32, "big"),
+                point.y.to_bytes(32, "big"),
+            )
+            return PublicArea(ALG_ECC, ALG_SHA256, AK_ATTRIBUTES, b"", ecc)
         numbers = self.key.public_key().public_numbers()
         parameters = RsaParameters(
             SymmetricDefinition(),
@@ -327,6 +345,15 @@ class SoftwareTpm:
             numbers.n.to_bytes(256, "big"),
         )
         return PublicArea(ALG_RSA, ALG_SHA256, AK_ATTRIBUTES, b"", parameters)
+
+    def sign(self, message: bytes) -> Signature:
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            r, s = decode_dss_signature(self.key.sign(message, ec.ECDSA(hashes.SHA256())))
+            return Signature(
+                ALG_ECDSA, ALG_SHA256, r=r.to_bytes(32, "big"), s=s.to_bytes(32, "big")
+            )
+        raw = self.key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        return Signature(ALG_RSASSA, ALG_SHA256, rsa=raw)
 
     def extend(self, pcr: int, digests: Mapping[str, bytes]) -> None:
         for bank, digest in digests.items():
@@ -357,8 +384,7 @@ class SoftwareTpm:
             info.to_bytes(),
         )
         message = attest.to_bytes()
-        raw = self.key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-        return message, Signature(ALG_RSASSA, ALG_SHA256, rsa=raw).to_bytes(), values
+        return message, self.sign(message).to_bytes(), values
 
 
 def _initial(pcr: int, bank: str) -> bytes:
