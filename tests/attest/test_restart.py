@@ -54,6 +54,7 @@ class Service:
     workdir: Path
     webhook: str
     port: int = field(default_factory=free_port)
+    extra: tuple[str, ...] = ()
     process: Spawned | None = None
     starts: int = 0
 
@@ -65,13 +66,14 @@ class Service:
         token = self.workdir / "token"
         token.write_text(TOKEN)
         self.starts += 1
+        name = f"service-{self.port}-{self.starts}.log"
         self.process = spawn_host(
             [
                 str(UVCTL), "attest", "serve", "--database", self.database,
                 "--listen", f"127.0.0.1:{self.port}", "--admin-token-file", str(token),
-                "--webhook", self.webhook, "--maintenance-interval", "0.2",
+                "--webhook", self.webhook, "--maintenance-interval", "0.2", *self.extra,
             ],
-            log=self.workdir / f"service-{self.starts}.log",
+            log=self.workdir / name,
         )  # fmt: skip
         wait_http(self.url + "/v1/fleet", timeout=60)
 

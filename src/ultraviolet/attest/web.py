@@ -29,14 +29,14 @@ def _when(moment: dt.datetime | None, now: dt.datetime) -> str:
 
 
 def _failing(node: NodeView) -> str:
-    if not node.failing:
-        return ""
     items = "".join(
         f'<li><code class="finding">{escape(str(f.get("id")))}</code> '
         f"{escape(str(f.get('message', '')))}</li>"
         for f in node.failing
     )
-    return f"<ul>{items}</ul>"
+    if node.state == "stale":
+        items += '<li><code class="finding">checkin.missed</code> no evidence in time</li>'
+    return f"<ul>{items}</ul>" if items else ""
 
 
 def render_fleet(nodes: Sequence[NodeView], counts: Mapping[str, int], now: dt.datetime) -> str:
