@@ -4,6 +4,7 @@ ECC), carry the nonce and name the AK under the EK; a TPM reset is survived with
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ultraviolet.formats.eventlog import (
     replay,
     replay_userspace,
 )
+from ultraviolet.formats.eventlog_write import startup_locality
 from ultraviolet.formats.tpm import (
     RH_ENDORSEMENT,
     parse_public_2b,
@@ -117,3 +119,22 @@ def test_a_fresh_tpm_has_no_ek_certificate_and_refuses_a_bad_selection(
         with pytest.raises(TpmDriverError, match="PCR index"):
             driver.quote({"sha256": [30]}, NONCE)
     assert not swtpm.running()
+
+
+@pytest.mark.oracle
+def test_a_startup_locality_3_log_starts_pcr0_there(
+    tools_chroot: ToolsChroot, tmp_path: Path
+) -> None:
+    boot = boot_measurements(synthetic_release("uv", "1", SecureBootKeys.generate()))
+    located = replace(boot, firmware=(startup_locality(3, boot.banks), *boot.firmware))
+    log = parse_event_log(located.firmware_log)
+    expected = replay(log, "sha256")[0]
+    assert expected != replay(parse_event_log(boot.firmware_log), "sha256")[0]
+    with simulated_node(
+        tools_chroot, tmp_path, _driver_for(tools_chroot), located.firmware_log
+    ) as node:
+        assert node.tpm.quote({"sha256": [0]}, NONCE).pcrs == {"sha256": {0: expected}}
+        node.reboot(firmware_log=boot.firmware_log)  # and a plain startup again
+        assert node.tpm.read_pcrs({"sha256": [0]}) == {
+            "sha256": {0: replay(parse_event_log(boot.firmware_log), "sha256")[0]}
+        }

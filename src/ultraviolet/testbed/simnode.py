@@ -1,6 +1,7 @@
 """A simulated node: swtpm with our TPM driver, "booted" by replaying a given event log.
 
-Booting extends the TPM's PCRs with every measured event of a firmware event log (all banks
+Booting starts the TPM at the locality of the log's StartupLocality record (PCR 0 starts
+there) and extends its PCRs with every measured event of a firmware event log (all banks
 the log carries) and then of a systemd userspace measurement log, exactly what firmware,
 systemd-stub and systemd-pcrextend do on a real machine. The quotes the node then makes are
 genuine TPM quotes over those PCRs, signed by a real AK under a real EK, so a test can produce
@@ -46,9 +47,6 @@ def boot_extends(
 ) -> list[tuple[int, Mapping[str, bytes]]]:
     """(PCR, bank -> digest) in the order a machine booting with these logs extends them."""
     log = parse_event_log(firmware_log)
-    if startup_locality(log):
-        # PCR 0 would start at the locality of TPM2_Startup, which swtpm always does at 0.
-        raise AttestationError("the simulated node cannot start PCR 0 at a non-zero locality")
     extends: list[tuple[int, Mapping[str, bytes]]] = [
         (event.pcr, dict(event.digests))
         for event in log.events
@@ -92,7 +90,8 @@ class SimulatedNode(Generic[Tpm]):
         """Start the TPM and measure the logs into it; the logs are left where an agent
         configured for this node reads them."""
         extends = boot_extends(self.firmware_log, self.userspace_log)
-        self.swtpm = start_swtpm(self.chroot, self.directory / "tpm")
+        locality = startup_locality(parse_event_log(self.firmware_log)) or 0
+        self.swtpm = start_swtpm(self.chroot, self.directory / "tpm", locality=locality)
         self.driver = self.make_tpm(self.swtpm, self.state_dir)
         self.driver.extend(extends)
         self.firmware_log_path.write_bytes(self.firmware_log)

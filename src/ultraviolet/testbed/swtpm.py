@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,16 +24,22 @@ from ultraviolet.tools import Spawned, ToolsChroot
 
 SERVER_SOCKET = "swtpm.sock"  # tpm2-tools: swtpm:path=...; its control socket is path + ".ctrl"
 STARTUP_SECONDS = 10.0
+# TPM2_Startup(TPM_SU_CLEAR): tag NO_SESSIONS, size 12, TPM_CC_Startup, TPM_SU_CLEAR.
+TPM2_STARTUP_CLEAR = bytes.fromhex("80010000000c000001440000")
 
 
-def swtpm_argv(state: str | Path, ctrl: str | Path, server: str | Path | None = None) -> list[str]:
+def swtpm_argv(
+    state: str | Path, ctrl: str | Path, server: str | Path | None = None, *, startup: bool = True
+) -> list[str]:
     """swtpm as a TPM 2.0 with state in `state`, control channel on the unix socket `ctrl` and,
     if given, the TPM command channel on the unix socket `server` (without it QEMU sends
-    commands over the control channel). It starts itself up (TPM2_Startup(CLEAR))."""
+    commands over the control channel). With `startup` it starts itself up (TPM2_Startup(CLEAR)
+    at locality 0); otherwise the first command must be TPM2_Startup."""
     argv = ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}"]
     if server is not None:
         argv += ["--server", f"type=unixio,path={server}"]
-    return [*argv, "--ctrl", f"type=unixio,path={ctrl}", "--flags", "not-need-init,startup-clear"]
+    flags = "not-need-init,startup-clear" if startup else "not-need-init"
+    return [*argv, "--ctrl", f"type=unixio,path={ctrl}", "--flags", flags]
 
 
 def swtpm_shell(state: str | Path, ctrl: str | Path) -> str:
@@ -80,28 +87,56 @@ def _group_alive(group: int) -> bool:
     return True
 
 
-def start_swtpm(chroot: ToolsChroot, directory: Path, *, lifetime: float = 1800.0) -> Swtpm:
+def start_swtpm(
+    chroot: ToolsChroot, directory: Path, *, lifetime: float = 1800.0, locality: int = 0
+) -> Swtpm:
     """Start swtpm on `directory` (state in directory/state); it kills itself after `lifetime`
-    seconds whatever happens to the caller."""
+    seconds whatever happens to the caller. `locality`: that of TPM2_Startup, which PCR 0
+    starts at (firmware with an H-CRTM or a locality 3 startup logs it as StartupLocality)."""
+    if not 0 <= locality <= 4:
+        raise ToolError(["swtpm"], None, f"locality {locality} is not 0-4")
     state = directory / "state"
     state.mkdir(parents=True, exist_ok=True)
-    socket = directory / SERVER_SOCKET
+    server = directory / SERVER_SOCKET
     ctrl = directory / (SERVER_SOCKET + ".ctrl")
-    for path in (socket, ctrl):
+    for path in (server, ctrl):
         path.unlink(missing_ok=True)
     # --foreground keeps timeout (and so swtpm) in the spawned process group that stop() kills;
     # without it timeout makes a group of its own and swtpm would outlive the test.
     timeout = ["timeout", "--foreground", "--kill-after=5", str(int(lifetime))]
-    argv = [*timeout, *swtpm_argv(state, ctrl, socket)]
+    argv = [*timeout, *swtpm_argv(state, ctrl, server, startup=locality == 0)]
     process = chroot.spawn(argv, log=directory / "swtpm.log", binds=[directory])
     deadline = time.monotonic() + STARTUP_SECONDS
-    while not socket.exists():
+    while not server.exists():
         if not process.running() or time.monotonic() > deadline:
             process.stop()
             log = (directory / "swtpm.log").read_text(errors="replace")[-2000:]
             raise ToolError(process.argv, process.process.poll(), f"no TPM socket: {log}")
         time.sleep(0.05)
-    return Swtpm(directory, process)
+    swtpm = Swtpm(directory, process)
+    if locality:
+        try:
+            _startup_at(chroot, swtpm, locality)
+        except BaseException:
+            swtpm.stop()
+            raise
+    return swtpm
+
+
+def _startup_at(chroot: ToolsChroot, swtpm: Swtpm, locality: int) -> None:
+    """TPM2_Startup(CLEAR) sent at `locality` (set over the control channel), then back to 0.
+    The command goes over the raw command socket, not through tpm2-tools' swtpm TCTI, which
+    sets its own locality."""
+    ctrl = str(swtpm.socket) + ".ctrl"
+    chroot.run(["swtpm_ioctl", "--unix", ctrl, "-l", str(locality)], binds=[swtpm.directory])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
+        channel.settimeout(STARTUP_SECONDS)
+        channel.connect(str(swtpm.socket))
+        channel.sendall(TPM2_STARTUP_CLEAR)
+        answer = channel.recv(64)
+    if answer[6:10] != bytes(4):
+        raise ToolError(["TPM2_Startup"], None, f"swtpm answered {answer.hex()}")
+    chroot.run(["swtpm_ioctl", "--unix", ctrl, "-l", "0"], binds=[swtpm.directory])
 
 
 @contextmanager
