@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,19 @@ def test_journal_source_starts_at_this_boot_then_follows_its_cursor(tmp_path: Pa
     output.write_text("")
     assert source.collect() == ((), "s=1;i=5")
     assert "--after-cursor=s=1;i=5" in (tmp_path / "journal.json.args").read_text().splitlines()
+
+
+@pytest.mark.skipif(shutil.which("journalctl") is None, reason="no journalctl on this machine")
+def test_the_real_journalctl_takes_the_query_and_a_bad_cursor_is_dropped(tmp_path: Path) -> None:
+    source = JournalSource(tmp_path)
+    events, _ = source.collect()  # this machine's journal, whatever it holds
+    assert all(isinstance(event, IpeEvent) for event in events)
+    source.commit("not-a-cursor")
+    with pytest.raises(AttestationError, match="journalctl failed"):
+        source.collect()
+    assert not source.cursor_file.exists()
+    again, _ = source.collect()  # from this boot again: no error
+    assert all(isinstance(event, IpeEvent) for event in again)
 
 
 @given(st.binary(max_size=400))

@@ -159,8 +159,11 @@ class JournalSource:
         cursor = self.cursor_file.read_text().strip() if self.cursor_file.exists() else ""
         argv += [f"--after-cursor={cursor}"] if cursor else ["--boot"]
         result = run_host(argv, timeout=60, check=False)
-        if result.returncode not in (0, 1):  # 1: no entries match (older journalctl)
-            raise AttestationError(f"journalctl failed ({result.returncode}): {result.stderr!r}")
+        if result.returncode != 0:
+            if cursor:  # e.g. a damaged cursor file: next time start again from this boot
+                self.cursor_file.unlink(missing_ok=True)
+            stderr = result.stderr.decode("utf-8", "replace").strip()
+            raise AttestationError(f"journalctl failed ({result.returncode}): {stderr}")
         found, last = parse_journal_json(result.text)
         if len(found) > MAX_EVENTS:
             found = found[:MAX_EVENTS]
