@@ -107,6 +107,9 @@ def test_quotes_of_both_ak_kinds_survive_a_tpm_reset(
         verify_quote(second.message, parse_signature(second.signature), public, nonce=NONCE[::-1])
         assert second.pcrs == first.pcrs  # the same boot measured again
         assert parse_public_2b(node.tpm.ek_public()) == ek  # the EK is a function of the seed
+        # Nothing stays loaded in a TPM without a resource manager (it has three slots).
+        for handles in ("handles-transient", "handles-loaded-session", "handles-saved-session"):
+            assert node.tpm._run(["tpm2_getcap", handles]).text.strip() == "", handles
 
 
 @pytest.mark.oracle

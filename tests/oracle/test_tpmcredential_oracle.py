@@ -55,6 +55,9 @@ def test_swtpm_activates_our_credential(
         blob, encrypted = make_credential(ek, other, SECRET)
         with pytest.raises(ToolError, match="tpm2_activatecredential"):
             driver.activate_credential(blob, encrypted)
+        # Failed or not, nothing is left loaded: no objects, no policy sessions.
+        for handles in ("handles-transient", "handles-loaded-session", "handles-saved-session"):
+            assert driver._run(["tpm2_getcap", handles]).text.strip() == "", handles
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ecc"])
