@@ -120,8 +120,15 @@ def alertmanager_payload(change: AlertChange, generator_url: str) -> list[dict[s
     ]
 
 
+def _alert_states(session: Session, node_id: str) -> dict[str, AlertState]:
+    """The node's alerts by check, in one query (the caller holds the node's row lock)."""
+    query = select(AlertState).where(AlertState.node_id == node_id).with_for_update()
+    return {state.check: state for state in session.scalars(query)}
+
+
 def _change(
     session: Session,
+    known: dict[str, AlertState],
     node_id: str,
     check: str,
     firing: bool,
@@ -130,7 +137,7 @@ def _change(
 ) -> AlertChange | None:
     """Flip the stored state of one alert; None when it is unchanged (nothing to send)."""
     key = fingerprint(node_id, check)
-    current = session.get(AlertState, key, with_for_update=True)
+    current = known.get(check)
     if current is None:
         if not firing:
             return None
@@ -139,6 +146,7 @@ def _change(
             severity=fields["severity"], starts_at=now, changed_at=now,
         )  # fmt: skip
         session.add(current)
+        known[check] = current
     elif current.firing == firing:
         return None
     else:
@@ -200,16 +208,17 @@ def record_appraisal(
 ) -> list[AlertChange]:
     """Alerts that fire or resolve because of one appraisal (and resolve a missed check-in)."""
     changes = []
+    known = _alert_states(session, node_id)
     for finding in findings:
         firing = finding.severity in (Severity.FAIL, Severity.WARN)  # not PASS or SKIP
         change = _change(
-            session, node_id, finding.id.value, firing, now,
+            session, known, node_id, finding.id.value, firing, now,
             severity=finding.severity.value, state=state.value, message=finding.message,
         )  # fmt: skip
         if change is not None:
             changes.append(change)
     checkin = _change(
-        session, node_id, CHECKIN_MISSED, False, now,
+        session, known, node_id, CHECKIN_MISSED, False, now,
         severity="pass", state=state.value, message="evidence received",
     )  # fmt: skip
     if checkin is not None:
@@ -229,7 +238,7 @@ def record_missed_checkin(
 ) -> list[AlertChange]:
     seen = _iso(last_seen) if last_seen else "never"
     change = _change(
-        session, node_id, CHECKIN_MISSED, True, now,
+        session, _alert_states(session, node_id), node_id, CHECKIN_MISSED, True, now,
         severity=Severity.FAIL.value, state=NodeState.STALE.value,
         message=f"no evidence within the check-in interval (last: {seen})",
     )  # fmt: skip
