@@ -228,37 +228,55 @@ def _read_legacy_event(r: Reader, index: int) -> Event:
     return Event(index, offset, data_offset, pcr, event_type, {"sha1": sha1}, r.read(size))
 
 
-_EVENT2_HEAD = struct.Struct("<III")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
+@dataclass(frozen=True)
+class _RecordLayout:
+    """TCG_PCR_EVENT2 up to the data size when it carries every bank of the Spec ID in order,
+    as firmware writes it: one struct.unpack_from instead of a read per field."""
+
+    head: struct.Struct
+    algorithms: tuple[int, ...]
+    digest_fields: tuple[tuple[str, int], ...]  # (bank, index of its digest in the fields)
+
+    @classmethod
+    def of(cls, spec_id: SpecId) -> _RecordLayout:
+        fields = "".join(f"H{size}s" for _, size in spec_id.algorithms)
+        algorithms = tuple(alg for alg, _ in spec_id.algorithms)
+        digests = tuple((bank, 4 + 2 * number) for number, bank in enumerate(spec_id.banks))
+        return cls(struct.Struct(f"<III{fields}I"), algorithms, digests)
 
 
-def _read_agile_event_fast(
-    r: Reader, index: int, banks: Mapping[int, tuple[str, int]]
-) -> Event | None:
-    """The common case without a Reader call per field (the verifier parses a log per
-    evidence); None for anything unusual, which the checked reader then reports."""
-    data, offset = r.data, r.pos
-    end = len(data)
-    if offset + 12 > end:
-        return None
-    pcr, event_type, count = _EVENT2_HEAD.unpack_from(data, offset)
-    at = offset + 12
-    digests: dict[str, bytes] = {}
-    for _ in range(count if count <= len(banks) else 0):
-        known = banks.get(_U16.unpack_from(data, at)[0]) if at + 2 <= end else None
-        if known is None or known[0] in digests or at + 2 + known[1] > end:
-            return None
-        digests[known[0]] = bytes(data[at + 2 : at + 2 + known[1]])
-        at += 2 + known[1]
-    if len(digests) != count or at + 4 > end:
-        return None
-    size = _U32.unpack_from(data, at)[0]
-    at += 4
-    if at + size > end:
-        return None
-    r.pos = at + size
-    return Event(index, offset, at, pcr, event_type, digests, bytes(data[at : at + size]))
+def _read_agile_events_fast(r: Reader, layout: _RecordLayout, events: list[Event]) -> None:
+    """Read records of the common layout up to the first other one (which the checked reader
+    then reads, or reports)."""
+    data, offset, end = r.data, r.pos, len(r.data)
+    unpack, head_size, algorithms = layout.head.unpack_from, layout.head.size, layout.algorithms
+    while offset < end:
+        data_offset = offset + head_size
+        if data_offset > end:
+            break
+        fields = unpack(data, offset)
+        stop = data_offset + fields[-1]
+        if fields[2] != len(algorithms) or fields[3:-1:2] != algorithms or stop > end:
+            break
+        # A frozen dataclass's __init__ sets each field through object.__setattr__: most of
+        # the cost of reading a log, which the verifier does per evidence. Fill the fields'
+        # dict directly (Event has no __post_init__ or slots to bypass).
+        digests = {}
+        for bank, field in layout.digest_fields:
+            digests[bank] = fields[field]
+        event: Event = object.__new__(Event)
+        event.__dict__.update(
+            index=len(events),
+            offset=offset,
+            data_offset=data_offset,
+            pcr=fields[0],
+            event_type=fields[1],
+            digests=digests,
+            data=bytes(data[data_offset:stop]),
+        )
+        events.append(event)
+        offset = stop
+    r.pos = offset
 
 
 def _read_agile_event(r: Reader, index: int, sizes: Mapping[int, int]) -> Event:
@@ -327,11 +345,12 @@ def parse_event_log(data: Bytes) -> EventLog:
         r.fail("the Spec ID event has a non-zero digest", first.offset + 8)
     spec_id = _read_spec_id(first.data, first.data_offset)
     sizes = dict(spec_id.algorithms)
-    banks = {alg: (hash_name(alg), size) for alg, size in spec_id.algorithms}
+    layout = _RecordLayout.of(spec_id)
     events = [first]
     while r.remaining:
-        event = _read_agile_event_fast(r, len(events), banks)
-        events.append(event or _read_agile_event(r, len(events), sizes))
+        _read_agile_events_fast(r, layout, events)
+        if r.remaining:
+            events.append(_read_agile_event(r, len(events), sizes))
     return EventLog("crypto-agile", spec_id, tuple(events))
 
 
