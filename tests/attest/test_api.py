@@ -218,3 +218,33 @@ def test_openapi_document_describes_the_contract(client: TestClient) -> None:
         "/v1/admin/nodes",
         "/v1/admin/eks",
     } <= set(paths)
+
+
+evidence_bodies = st.fixed_dictionaries(
+    {
+        "format": st.sampled_from([1, 2, "1", None]),
+        "quote": st.sampled_from(["", "AAAA", "!!", 5]),
+        "signature": st.sampled_from(["", "AAAA"]),
+        "pcrs": st.dictionaries(
+            st.sampled_from(["sha256", "sha1", "md5"]),
+            st.dictionaries(st.text(max_size=3), st.text(max_size=8) | st.integers()),
+            max_size=2,
+        ),
+        "firmware_log": st.sampled_from(["", "AAAA"]),
+        "userspace_log": st.sampled_from(["", "AAAA"]),
+        "ipe_events": st.lists(json_values, max_size=2),
+    }
+) | st.dictionaries(st.text(max_size=8), json_values, max_size=4)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=evidence_bodies)
+def test_no_evidence_makes_a_server_error(client: TestClient, body: dict[str, Any]) -> None:
+    node = SoftNode("fuzzed")
+    if client.get("/v1/nodes/fuzzed").status_code == 404:
+        enrol(client, node)
+    nonce = client.post("/v1/nodes/fuzzed/nonce").json()["nonce"]
+    response = client.post("/v1/nodes/fuzzed/evidence", json={"nonce": nonce, "evidence": body})
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "untrusted"
+    assert response.json()["findings"][0]["id"] in ("evidence.format", "quote.signature")

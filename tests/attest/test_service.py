@@ -225,3 +225,19 @@ def test_release_documents_are_checked(verifier: Verifier) -> None:
     verifier.put_release("uv", "2", reference_document("uv", "2", b"\x22" * 32))
     outcome = attest(verifier, node)
     assert (outcome.state, outcome.release) == (NodeState.TRUSTED, "uv 2")
+
+
+def test_expired_nonces_are_pruned_and_a_replay_still_fails(
+    verifier: Verifier, clock: Clock
+) -> None:
+    node = SoftNode("node-i")
+    enrol(verifier, node)
+    nonce, _ = verifier.issue_nonce(node.node_id)
+    evidence = node.evidence(nonce).to_json()
+    assert verifier.submit_evidence(node.node_id, nonce, evidence).state is NodeState.TRUSTED
+    verifier.issue_nonce(node.node_id)
+    assert verifier.prune_nonces() == 0
+    clock.advance(2 * 3600)
+    assert verifier.prune_nonces() == 2
+    replay = verifier.submit_evidence(node.node_id, nonce, evidence)
+    assert replay.state is NodeState.UNTRUSTED

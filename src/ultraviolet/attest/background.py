@@ -20,6 +20,7 @@ log = logging.getLogger("ultraviolet.attest.background")
 def maintenance_step(verifier: Verifier, dispatcher: Dispatcher, metrics: Metrics) -> None:
     stale = verifier.mark_stale()
     metrics.stale.inc(len(stale))
+    verifier.prune_nonces()
     delivered, failed = dispatcher.run_once()
     metrics.alerts.labels("delivered").inc(delivered)
     metrics.alerts.labels("failed").inc(failed)

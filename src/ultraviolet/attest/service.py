@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from ultraviolet.attest import alerts
 from ultraviolet.attest.enrolment import ChallengeMaker, EkPolicy, check_ak, ek_fingerprint
@@ -304,6 +304,13 @@ class Verifier:
                 )  # fmt: skip
                 marked.append(node_id)
         return marked
+
+    def prune_nonces(self, keep: dt.timedelta = dt.timedelta(hours=1)) -> int:
+        """Forget nonces that expired more than `keep` ago (a replay of one then reads as a
+        nonce never issued: still a failed nonce.fresh)."""
+        with self.store.session.begin() as session:
+            pruned = session.execute(delete(Nonce).where(Nonce.expires_at < self.clock() - keep))
+        return int(getattr(pruned, "rowcount", 0) or 0)
 
     def put_release(self, name: str, version: str, document: bytes) -> None:
         reference = parse_reference(document)  # ReferenceError: a FormatError, a bad request
