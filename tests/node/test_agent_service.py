@@ -221,3 +221,65 @@ def test_uvctl_agent_once(
         assert main(arguments) == 0
         assert capsys.readouterr().out.strip() == "cli-node: trusted"
         assert service.call("GET", "/v1/nodes/cli-node")["state"] == "trusted"
+
+
+def _failed(answer: dict[str, Any]) -> set[str]:
+    return {f["id"] for f in answer["findings"] if f["severity"] == "fail"}
+
+
+def test_evidence_from_real_tpms_that_must_be_refused(
+    tools_chroot: ToolsChroot, tmp_path: Path, service: Service
+) -> None:
+    """The issue's rejections, each with genuine TPM quotes: a reused nonce, a quote by another
+    TPM's AK, a log that is not what the TPM measured, a UKI of a release not accepted."""
+    keys = SecureBootKeys.generate()
+    release = synthetic_release("uvnode", "1.0", keys)
+    boot = boot_measurements(release)
+    service.start()
+    service.call(
+        "PUT", "/v1/admin/releases/uvnode/1.0", render_reference(release.reference).encode()
+    )
+    make = _driver_for(tools_chroot)
+    with simulated_node(
+        tools_chroot, tmp_path / "node", make, boot.firmware_log, boot.userspace
+    ) as node, simulated_node(
+        tools_chroot, tmp_path / "other", make, boot.firmware_log, boot.userspace
+    ) as other:  # fmt: skip
+        fingerprint = ek_fingerprint(parse_public_2b(node.tpm.ek_public()))
+        service.call("POST", "/v1/admin/eks", json.dumps({"fingerprint": fingerprint}).encode())
+        agent = _agent(node, service, [])
+        assert agent.step()["state"] == "trusted"
+        evidence_path = "/v1/nodes/node-1/evidence"
+
+        # The same nonce twice: the second is refused by nonce.fresh.
+        nonce = bytes.fromhex(agent.client.post("/v1/nodes/node-1/nonce", {})["nonce"])
+        evidence, _ = agent.collect_evidence(nonce)
+        body = {"nonce": nonce.hex(), "evidence": evidence.to_json()}
+        assert agent.client.post(evidence_path, body)["state"] == "trusted"
+        assert "nonce.fresh" in _failed(agent.client.post(evidence_path, body))
+
+        # Another TPM's AK (same boot, fresh nonce): its quote is not the enrolled AK's.
+        nonce = bytes.fromhex(agent.client.post("/v1/nodes/node-1/nonce", {})["nonce"])
+        foreign = _agent(other, service, [])
+        evidence, _ = foreign.collect_evidence(nonce)
+        answer = agent.client.post(
+            evidence_path, {"nonce": nonce.hex(), "evidence": evidence.to_json()}
+        )
+        assert answer["state"] == "untrusted"
+        assert _failed(answer) & {"quote.signature", "ak.known"}, answer
+
+        # The TPM measured another UKI than the log the node sends says.
+        node.reboot(firmware_log=boot_measurements(release, uki=b"\x66" * 32).firmware_log)
+        node.firmware_log_path.write_bytes(boot.firmware_log)
+        answer = agent.step()
+        assert "eventlog.replay" in _failed(answer), answer
+
+        # A release that is not accepted: PCR 11 (and PCR 4's UKI) match no reference.
+        unknown = boot_measurements(synthetic_release("uvnode", "6.6", keys))
+        node.reboot(firmware_log=unknown.firmware_log, userspace_log=unknown.userspace)
+        answer = agent.step()
+        assert "pcr11.reference" in _failed(answer), answer
+
+        # Back on the accepted boot, trusted again.
+        node.reboot(firmware_log=boot.firmware_log, userspace_log=boot.userspace)
+        assert agent.step()["state"] == "trusted"

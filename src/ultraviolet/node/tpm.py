@@ -4,9 +4,10 @@ Keys:
 - the endorsement key (EK) is the TCG default RSA-2048 (or ECC P-256) template, recreated with
   tpm2_createek whenever needed: a primary key is a function of the TPM's endorsement seed, so
   it is the same key every time and nothing about it needs keeping;
-- the attestation key (AK) is a restricted signing key made under the EK by tpm2_createak. Its
-  public and (TPM-wrapped) private blobs are kept in the state directory, so the same AK is
-  loaded again after every reboot and the verifier's enrolment stays valid.
+- the attestation key (AK) is a restricted signing key made under the EK (as tpm2_createak
+  makes it, plus noda: see ensure_ak). Its public and (TPM-wrapped) private blobs are kept in
+  the state directory, so the same AK is loaded again after every reboot and the verifier's
+  enrolment stays valid.
 Loaded objects live as saved contexts in state/run; a TPM reset (reboot, swtpm restart)
 invalidates them, and the driver then loads the AK again from its blobs.
 
@@ -33,7 +34,8 @@ log = logging.getLogger("ultraviolet.node.tpm")
 DEFAULT_TCTI = "device:/dev/tpmrm0"
 # TCG EK Credential Profile: where the manufacturer stores the EK certificate, per EK type.
 EK_CERTIFICATE_NV = {"rsa": "0x01c00002", "ecc": "0x01c0000a"}
-AK_SCHEMES = {"rsa": ("rsa", "rsassa"), "ecc": ("ecc", "ecdsa")}
+AK_TEMPLATES = {"rsa": "rsa2048:rsassa-sha256:null", "ecc": "ecc256:ecdsa-sha256:null"}
+AK_OBJECT_ATTRIBUTES = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda"
 TPM_TIMEOUT = 120.0  # a real TPM may take seconds to make an RSA primary
 QUOTE_ATTEMPTS = 3
 
@@ -81,7 +83,7 @@ class TpmDriver:
         chroot: ToolsChroot | None = None,
         binds: Iterable[Path] = (),
     ) -> None:
-        if ek_algorithm not in EK_CERTIFICATE_NV or ak_algorithm not in AK_SCHEMES:
+        if ek_algorithm not in EK_CERTIFICATE_NV or ak_algorithm not in AK_TEMPLATES:
             raise TpmDriverError(
                 f"key algorithms are rsa or ecc, not {ek_algorithm}/{ak_algorithm}"
             )
@@ -157,22 +159,28 @@ class TpmDriver:
         return out.read_bytes()
 
     def ensure_ak(self) -> bytes:
-        """The AK's TPM2B_PUBLIC, creating the AK under the EK on first use."""
+        """The AK's TPM2B_PUBLIC, creating the AK under the EK on first use.
+
+        The AK is what tpm2_createak makes (a restricted signing key, fixed to the TPM, with an
+        empty authValue) plus `noda`: with no secret to guess, dictionary-attack protection
+        guards nothing, while a TPM in lockout (power losses count as failed tries) would
+        refuse every quote until its recovery time passed."""
         if self.ak_public_path.exists() and (self.state_dir / "ak.priv").exists():
             return self.ak_public_path.read_bytes()
         ek = self._ek_context()
-        algorithm, scheme = AK_SCHEMES[self.ak_algorithm]
-        staged = {name: self.run_dir / f"new-{name}" for name in ("ak.pub", "ak.priv", "ak.name")}
-        self._tpm(
+        staged = {name: self.run_dir / f"new-{name}" for name in ("ak.pub", "ak.priv")}
+        self._with_endorsement_session(
             [
-                "tpm2_createak", "-C", str(ek), "-c", str(self.run_dir / "ak.ctx"),
-                "-G", algorithm, "-g", "sha256", "-s", scheme, "-f", "tss",
+                "tpm2_create", "-C", str(ek), "-P", "session:SESSION",
+                "-G", AK_TEMPLATES[self.ak_algorithm], "-g", "sha256", "-a", AK_OBJECT_ATTRIBUTES,
                 "-u", str(staged["ak.pub"]), "-r", str(staged["ak.priv"]),
-                "-n", str(staged["ak.name"]),
             ]
         )  # fmt: skip
-        for name, path in staged.items():  # the private blob last: its presence means "made"
-            shutil.move(path, self.state_dir / name)
+        public = tpm.parse_public_2b(staged["ak.pub"].read_bytes())
+        (self.state_dir / "ak.name").write_bytes(public.name())
+        # The private blob last: ensure_ak takes its presence to mean the AK is complete.
+        for name in ("ak.pub", "ak.priv"):
+            shutil.move(staged[name], self.state_dir / name)
         log.info("created an attestation key in %s", self.state_dir)
         return self.ak_public_path.read_bytes()
 

@@ -97,13 +97,27 @@ class SimulatedNode(Generic[Tpm]):
         self.firmware_log_path.write_bytes(self.firmware_log)
         self.userspace_log_path.write_bytes(self.userspace_log)
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, orderly: bool = True) -> None:
+        """Power off. Orderly as the kernel does it (TPM2_Shutdown first), or a power loss,
+        which a TPM counts as a failed authorization attempt (dictionary-attack lockout)."""
         if self.swtpm is not None:
+            if orderly:
+                self.chroot.run(
+                    ["tpm2_shutdown", "--clear"],
+                    binds=[self.swtpm.directory],
+                    env={"TPM2TOOLS_TCTI": self.swtpm.tcti},
+                )
             self.swtpm.stop()
         self.swtpm = self.driver = None
 
-    def reboot(self, firmware_log: bytes | None = None, userspace_log: bytes | None = None) -> None:
-        self.shutdown()
+    def reboot(
+        self,
+        firmware_log: bytes | None = None,
+        userspace_log: bytes | None = None,
+        *,
+        orderly: bool = True,
+    ) -> None:
+        self.shutdown(orderly=orderly)
         if firmware_log is not None:
             self.firmware_log = firmware_log
         if userspace_log is not None:
