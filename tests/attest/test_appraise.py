@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ultraviolet.attest.appraise import appraise
+from ultraviolet.attest.bootlog import clear_caches, read_firmware_log
 from ultraviolet.attest.model import Appraisal, FindingId, NodeState, Severity
 from ultraviolet.attest.references import (
     AcceptedReleases,
@@ -402,3 +403,22 @@ def test_load_accepted_refuses_what_cannot_be_appraised(release: SimulatedReleas
         load_accepted([render_reference(release.reference).encode()], [24])
     with pytest.raises(ReferenceError):
         load_accepted([b"{}"], POLICY_PCRS)
+
+
+def test_logs_are_read_once_per_content_and_decide_the_same(
+    tpm: SoftwareTpm, release: SimulatedRelease, accepted: AcceptedReleases
+) -> None:
+    """A node re-attesting with the same logs is served from the log cache: the same
+    findings; a log differing in one byte is read afresh."""
+    boot = boot_measurements(release, machine=4242)
+    clear_caches()
+    first = _appraise(simulated_evidence(tpm, boot, NONCE), tpm, accepted)
+    second = _appraise(simulated_evidence(tpm, boot, NONCE), tpm, accepted)
+    assert first == second and first.state is NodeState.TRUSTED
+    assert read_firmware_log.cache_info().hits >= 1
+    misses = read_firmware_log.cache_info().misses
+    other = _appraise(
+        simulated_evidence(tpm, boot_measurements(release, machine=7), NONCE), tpm, accepted
+    )
+    assert other.state is NodeState.TRUSTED
+    assert read_firmware_log.cache_info().misses == misses + 1
