@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from ultraviolet.errors import AttestationError
@@ -200,7 +201,17 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
 def open_engine(database: str) -> Engine:
     url = database_url(database)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # SQLite has one writer at a time, and every transaction here takes the write lock:
+        # one pooled connection makes threads queue in order instead of sleep-polling the
+        # database lock (whose busy handler backs off up to 100 ms: long tail latencies).
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         # Python's sqlite3 opens transactions lazily; BEGIN IMMEDIATE takes the write lock at
         # the start, so the single-use nonce update cannot interleave with another writer.
