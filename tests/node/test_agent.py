@@ -1,7 +1,8 @@
 """The agent's HTTP side against a minimal verifier written here (stdlib http.server on a real
 socket): the client's error classes, backoff with jitter, the enrolment protocol (our
-MakeCredential answered by swtpm through the driver), nonce-bound quotes that verify with the
-enrolled AK, re-enrolment when the verifier forgot the node, retry after a 503."""
+MakeCredential answered by swtpm through the driver, the EK certificate of a manufactured TPM),
+nonce-bound quotes that verify with the enrolled AK, re-enrolment when the verifier forgot the
+node, retry after a 503."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from ultraviolet.cli import main
 from ultraviolet.errors import AttestationError
@@ -53,12 +55,14 @@ class MiniVerifier:
     script: list[int] = field(default_factory=list)  # statuses to answer before serving
     log: list[tuple[str, int]] = field(default_factory=list)
     evidence: list[Any] = field(default_factory=list)
+    enrolments: list[dict[str, Any]] = field(default_factory=list)
 
     def handle(self, path: str, body: Any) -> tuple[int, Any]:
         if self.script:
             return self.script.pop(0), {"error": "scripted"}
         parts = path.strip("/").split("/")
         if parts == ["v1", "enrol"]:
+            self.enrolments.append(body)
             ek, ak = (
                 parse_public_2b(b64(body["ek_public"])),
                 parse_public_2b(b64(body["ak_public"])),
@@ -176,7 +180,10 @@ def test_agent_protocol_against_a_minimal_verifier(
 
     verifier = MiniVerifier()
     log = EVENTLOG.read_bytes()
-    with serving(verifier) as url, simulated_node(tools_chroot, tmp_path, make, log) as node:
+    with (
+        serving(verifier) as url,
+        simulated_node(tools_chroot, tmp_path, make, log, manufactured=True) as node,
+    ):
         sleeps: list[float] = []
         config = AgentConfig(
             node_id="mini-1",
@@ -195,6 +202,11 @@ def test_agent_protocol_against_a_minimal_verifier(
         paths = [path for path, _ in verifier.log]
         assert paths[:2] == ["/v1/enrol", paths[1]] and paths[1].endswith("/activate")
         assert paths[2:] == ["/v1/nodes/mini-1/nonce", "/v1/nodes/mini-1/evidence"] * 2
+        # The EK certificate travels with the enrolment and certifies the EK sent.
+        (enrolment,) = verifier.enrolments
+        certificate = x509.load_der_x509_certificate(b64(enrolment["ek_certificate"]))
+        ek = parse_public_2b(b64(enrolment["ek_public"]))
+        assert certificate.public_key() == ek.public_key()
         first = verifier.evidence[0]
         assert first.firmware_log == log and first.userspace_log == b""
         assert sorted(first.pcrs["sha256"]) == [0, 1, 2, 3, 4, 5, 6, 7]

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ultraviolet.attest.simulate import SecureBootKeys, boot_measurements, synthetic_release
 from ultraviolet.errors import UltravioletError
@@ -144,3 +146,25 @@ def test_a_startup_locality_3_log_starts_pcr0_there(
         assert node.tpm.read_pcrs({"sha256": [0]}) == {
             "sha256": {0: replay(parse_event_log(boot.firmware_log), "sha256")[0]}
         }
+
+
+@pytest.mark.oracle
+def test_a_manufactured_tpm_has_a_certificate_for_the_ek_we_recreate(
+    tools_chroot: ToolsChroot, tmp_path: Path
+) -> None:
+    """swtpm_setup plays the vendor: its EK certificate (NV 0x01c00002, issued by a local CA)
+    certifies exactly the key tpm2_createek makes from the default template."""
+    log = (EVENTLOGS / "crypto_agile_eventlog").read_bytes()
+    make = _driver_for(tools_chroot)
+    with simulated_node(tools_chroot, tmp_path, make, log, manufactured=True) as node:
+        der = node.tpm.ek_certificate()
+        assert der is not None
+        certificate = x509.load_der_x509_certificate(der)
+        ek = parse_public_2b(node.tpm.ek_public())
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        assert certificate.public_key().public_bytes(*spki) == ek.public_key().public_bytes(*spki)
+        issuer = x509.load_pem_x509_certificate((tmp_path / "tpm/ca/issuercert.pem").read_bytes())
+        certificate.verify_directly_issued_by(issuer)
+        # The manufactured TPM still boots the log and quotes it (all banks active).
+        values = replay(parse_event_log(log), "sha256")
+        assert node.tpm.quote({"sha256": sorted(values)}, NONCE).pcrs == {"sha256": values}

@@ -19,6 +19,7 @@ each command. With /dev/tpmrm0 the kernel does it.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -151,8 +152,8 @@ class TpmDriver:
         """The manufacturer's EK certificate (DER) from its NV index, None if there is none
         (swtpm without swtpm_setup --create-ek-cert, many VMs)."""
         index = EK_CERTIFICATE_NV[self.ek_algorithm]
-        listed = self._run(["tpm2_getcap", "handles-nv-index"]).text
-        if index not in listed.lower():
+        listed = self._run(["tpm2_getcap", "handles-nv-index"]).text  # "- 0x1C00002" lines
+        if int(index, 16) not in {int(h, 16) for h in re.findall(r"0x[0-9a-fA-F]+", listed)}:
             return None
         out = self.run_dir / "ek-cert.der"
         self._run(["tpm2_nvread", "-C", "o", "-o", str(out), index])

@@ -29,7 +29,7 @@ from ultraviolet.formats.eventlog import (
     parse_userspace_log,
     startup_locality,
 )
-from ultraviolet.testbed.swtpm import Swtpm, start_swtpm
+from ultraviolet.testbed.swtpm import Swtpm, manufacture, start_swtpm
 from ultraviolet.tools import ToolsChroot
 
 PCR_COUNT = 24
@@ -65,6 +65,7 @@ class SimulatedNode(Generic[Tpm]):
     make_tpm: Callable[[Swtpm, Path], Tpm]  # (running swtpm, state dir) -> driver
     firmware_log: bytes = b""
     userspace_log: bytes = b""
+    manufactured: bool = False  # swtpm_setup: persisted EKs and EK certificates (local CA)
     swtpm: Swtpm | None = field(default=None, init=False)
     driver: Tpm | None = field(default=None, init=False)
 
@@ -91,6 +92,8 @@ class SimulatedNode(Generic[Tpm]):
         configured for this node reads them."""
         extends = boot_extends(self.firmware_log, self.userspace_log)
         locality = startup_locality(parse_event_log(self.firmware_log)) or 0
+        if self.manufactured:
+            manufacture(self.chroot, self.directory / "tpm")
         self.swtpm = start_swtpm(self.chroot, self.directory / "tpm", locality=locality)
         self.driver = self.make_tpm(self.swtpm, self.state_dir)
         self.driver.extend(extends)
@@ -132,9 +135,11 @@ def simulated_node(
     make_tpm: Callable[[Swtpm, Path], Tpm],
     firmware_log: bytes,
     userspace_log: bytes = b"",
+    *,
+    manufactured: bool = False,
 ) -> Iterator[SimulatedNode[Tpm]]:
     """A booted simulated node for the duration of the block."""
-    node = SimulatedNode(directory, chroot, make_tpm, firmware_log, userspace_log)
+    node = SimulatedNode(directory, chroot, make_tpm, firmware_log, userspace_log, manufactured)
     node.boot()
     try:
         yield node

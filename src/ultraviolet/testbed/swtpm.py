@@ -77,6 +77,41 @@ class Swtpm:
             path.unlink(missing_ok=True)
 
 
+def manufacture(chroot: ToolsChroot, directory: Path) -> Path:
+    """Make the TPM state in directory/state as a vendor would (swtpm_setup): EKs persisted,
+    an RSA-2048 EK certificate in NV index 0x01c00002 (and an ECC P-384 one) issued by a local
+    CA of this directory, a platform certificate, all four PCR banks active. Returns the CA's
+    issuer certificate (PEM). A state that exists is left alone."""
+    state, ca = directory / "state", directory / "ca"
+    issuer = ca / "issuercert.pem"
+    if (state / "tpm2-00.permall").exists():
+        return issuer
+    state.mkdir(parents=True, exist_ok=True)
+    ca.mkdir(parents=True, exist_ok=True)
+    (directory / "swtpm_setup.conf").write_text(
+        "create_certs_tool = /usr/bin/swtpm_localca\n"
+        f"create_certs_tool_config = {directory / 'localca.conf'}\n"
+        f"create_certs_tool_options = {directory / 'localca.options'}\n"
+    )
+    (directory / "localca.conf").write_text(
+        f"statedir = {ca}\nsigningkey = {ca / 'signkey.pem'}\n"
+        f"issuercert = {issuer}\ncertserial = {ca / 'certserial'}\n"
+    )
+    (directory / "localca.options").write_text(
+        "--platform-manufacturer Ultraviolet\n--platform-version 1\n--platform-model simnode\n"
+    )
+    chroot.run(
+        [
+            "swtpm_setup", "--tpm2", "--tpmstate", str(state),
+            "--config", str(directory / "swtpm_setup.conf"), "--create-ek-cert",
+            "--create-platform-cert", "--pcr-banks", "sha1,sha256,sha384,sha512",
+        ],
+        binds=[directory],
+        timeout=120,
+    )  # fmt: skip
+    return issuer
+
+
 def _group_alive(group: int) -> bool:
     try:
         os.killpg(group, 0)
