@@ -155,6 +155,11 @@ def report(
     print(f"      overhead           : {100 * (ours / plain - 1):+.1f} %")
     for stage, seconds in best.stages[1:]:
         print(f"      {stage:<22} {seconds:7.1f} s")
+    mkosi_stages = [dict(clock.stages).get("mkosi", 0.0) for clock in clocks]
+    print(f"      mkosi stage runs   : {_runs(mkosi_stages)} s (plain: {_runs(plain_times)} s)")
+    spread = max(plain_times) / min(plain_times) - 1
+    print(f"      noise              : plain mkosi runs differ by {100 * spread:.0f} %")
+    print(f"  ours without mkosi     : {ours - dict(best.stages).get('mkosi', 0.0):7.1f} s")
     print(f"  policy-only rebuild    : {policy_only:7.1f} s   (mkosi reused)")
     for stage, seconds in again.stages[1:]:
         print(f"      {stage:<22} {seconds:7.1f} s")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,6 +19,8 @@ from ultraviolet.build.initrd import initrd_extension
 from ultraviolet.build.keyset import KeySet, init_keys, load_keys
 from ultraviolet.build.mkosi import MkosiOutputs, run_mkosi_reusing, tree_digest
 from ultraviolet.build.release import (
+    SPLIT_SUFFIXES,
+    FileDigests,
     collect_release,
     reference_values,
     write_manifest,
@@ -69,28 +71,60 @@ def build_node(
     if rendered.ipe_policy:
         signer = keys.signer("ipe")
         ipe_signed = sign_ipe(rendered.ipe_policy, signer.pair.key, signer.pair.certificate)
-    stem = f"{policy.image.name}_{policy.image.version}"
     outputs = _mkosi_stage(policy, rendered.directory, output, keys, say)
+    with FileDigests(outputs.directory / ".sha256sums") as digests:
+        return _release_stage(
+            policy,
+            outputs,
+            keys,
+            release or output / "release",
+            digests,
+            say,
+            uki_additions=(initrd_extension(policy, ipe_signed), rendered.cmdline),
+            ipe_signed=ipe_signed,
+        )
+
+
+def _release_stage(
+    policy: NodePolicy,
+    outputs: MkosiOutputs,
+    keys: KeySet,
+    release: Path,
+    digests: FileDigests,
+    say: Progress,
+    *,
+    uki_additions: tuple[bytes, Sequence[str]],
+    ipe_signed: bytes | None,
+) -> BuildResult:
+    """The release from mkosi's outputs: image, split partitions, finalized UKI, SHA256SUMS
+    and reference values; files are hashed in the background as soon as they are final."""
+    stem = f"{policy.image.name}_{policy.image.version}"
+    splits = [outputs.directory / (stem + suffix) for suffix in SPLIT_SUFFIXES]
+    for split in splits:
+        digests.start(split)
     say("release: image, split usr partitions")
-    release = release or output / "release"
     files = collect_release(outputs, stem, release)
     image = release / outputs.image.name
     uki = release / f"{stem}.efi"
     say("UKI: command line, root-hash signature, IPE policy, profiles, Secure Boot signature")
+    initrd_extra, cmdline_extra = uki_additions
     finalize_uki(
         image,
         uki,
         name=uki.name,
         profiles=[PROFILE_OPTIONS[p] for p in policy.boot.profiles if p != "main"],
-        initrd_extra=initrd_extension(policy, ipe_signed),
-        cmdline_extra=rendered.cmdline,
+        initrd_extra=initrd_extra,
+        cmdline_extra=cmdline_extra,
         verity=keys.signer("verity"),
         secure_boot=keys.signer("db"),
         chroot=tools(),
     )
     say("manifest (SHA256SUMS, signed) and reference values")
-    write_manifest(release, [*files, uki], keys)
+    for path in (image, uki):
+        digests.start(path)  # hashed while the reference values are computed
     reference = write_reference(release, reference_values(policy, image, uki, keys, ipe_signed))
+    write_manifest(release, [*files, uki], keys, digests)
+    digests.remember(splits)
     say(f"release written to {release}")
     return BuildResult(release, image, uki, reference)
 

@@ -10,8 +10,12 @@ release/reference.json                   what a node running this release must s
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import shutil
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -45,12 +49,144 @@ def release_split_names(stem: str, root_hash: bytes) -> dict[str, str]:
     }
 
 
-def _sha256_file(path: Path) -> str:
+_CHUNK = 4 << 20
+_ZEROS = memoryview(bytes(_CHUNK))
+
+
+def _extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    """(offset, length, holds data) runs of a file, holes found with SEEK_DATA/SEEK_HOLE (a
+    file system without them reports one data run)."""
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: only a hole is left
+                raise
+            data = size
+        if data > offset:
+            yield offset, data - offset, False
+        if data >= size:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+        yield data, hole - data, True
+        offset = hole
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file; holes of sparse files (most of a disk image) are hashed as the zeros
+    they read as, without reading them."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset, length, has_data in _extents(fd, os.fstat(fd).st_size):
+            end = offset + length
+            while offset < end:
+                wanted = min(end - offset, _CHUNK)
+                if not has_data:
+                    digest.update(_ZEROS[:wanted])
+                    offset += wanted
+                    continue
+                got = os.preadv(fd, [view[:wanted]], offset)
+                if got <= 0:
+                    raise BuildError(f"{path} changed while it was hashed")
+                digest.update(view[:got])
+                offset += got
+    finally:
+        os.close(fd)
     return digest.hexdigest()
+
+
+def copy_sparse(source: Path, target: Path) -> None:
+    """Copy a file's data runs in the kernel (copy_file_range) and leave its holes holes: a
+    disk image is mostly holes (ext4 has no reflinks to share the rest)."""
+    source_fd = os.open(source, os.O_RDONLY)
+    try:
+        target_fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            size = os.fstat(source_fd).st_size
+            os.ftruncate(target_fd, size)
+            for offset, length, has_data in _extents(source_fd, size):
+                if has_data:
+                    _copy_range(source_fd, target_fd, offset, length, source)
+        finally:
+            os.close(target_fd)
+    finally:
+        os.close(source_fd)
+
+
+def _copy_range(source_fd: int, target_fd: int, offset: int, length: int, source: Path) -> None:
+    end = offset + length
+    while offset < end:
+        try:
+            copied = os.copy_file_range(source_fd, target_fd, end - offset, offset, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            copied = os.pwrite(
+                target_fd, os.pread(source_fd, min(end - offset, _CHUNK), offset), offset
+            )
+        if copied <= 0:
+            raise BuildError(f"{source} shrank while it was copied")
+        offset += copied
+
+
+class FileDigests:
+    """SHA-256 of release files on a small thread pool (hashlib releases the GIL), started as
+    soon as a file is final so that hashing overlaps the rest of the build. Digests of files
+    that stay (mkosi's split partitions, hard-linked into every release) are kept in `cache`
+    by device, inode, size and mtime: a rebuild reusing mkosi's outputs does not hash them."""
+
+    def __init__(self, cache: Path | None = None, workers: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256")
+        self._jobs: dict[str, Future[str]] = {}
+        self._cache = cache
+        self._cached = self._load()
+
+    @staticmethod
+    def _identity(path: Path) -> str:
+        info = path.stat()
+        return f"{info.st_dev} {info.st_ino} {info.st_size} {info.st_mtime_ns}"
+
+    def _load(self) -> dict[str, str]:
+        try:
+            lines = self._cache.read_text().splitlines() if self._cache else []
+        except OSError:
+            return {}
+        return {line[65:]: line[:64] for line in lines if len(line) > 65 and line[64] == " "}
+
+    def start(self, path: Path) -> None:
+        identity = self._identity(path)
+        if identity in self._jobs:
+            return
+        job: Future[str] = Future()
+        if identity in self._cached:
+            job.set_result(self._cached[identity])
+        else:
+            job = self._pool.submit(sha256_file, path)
+        self._jobs[identity] = job
+
+    def digest(self, path: Path) -> str:
+        self.start(path)
+        return self._jobs[self._identity(path)].result()
+
+    def remember(self, paths: Iterable[Path]) -> None:
+        """Keep the digests of `paths` in the cache file (for the next build)."""
+        if self._cache is None:
+            return
+        lines = [f"{self.digest(path)} {self._identity(path)}\n" for path in paths]
+        self._cache.write_text("".join(lines))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> FileDigests:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _fingerprint(keys: KeySet, role: str) -> bytes:
@@ -59,14 +195,14 @@ def _fingerprint(keys: KeySet, role: str) -> bytes:
 
 
 def collect_release(outputs: MkosiOutputs, stem: str, release: Path) -> list[Path]:
-    """The image (copied: the UKI is finalized into it, so mkosi's outputs stay reusable) and
-    the split usr partitions (hard-linked where possible: nothing writes to them) in `release`,
-    a fresh directory."""
+    """The image (copied, holes kept: the UKI is finalized into it, so mkosi's outputs stay
+    reusable) and the split usr partitions (hard-linked where possible: nothing writes to them)
+    in `release`, a fresh directory."""
     shutil.rmtree(release, ignore_errors=True)
     release.mkdir(parents=True)
     if not outputs.image.is_file():
         raise BuildError(f"mkosi output {outputs.image.name} is missing")
-    shutil.copyfile(outputs.image, release / outputs.image.name)
+    copy_sparse(outputs.image, release / outputs.image.name)
     collected = [release / outputs.image.name]
     names = release_split_names(stem, _usr_root_hash(outputs.image))
     for suffix, name in names.items():
@@ -85,8 +221,15 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def write_manifest(release: Path, files: list[Path], keys: KeySet) -> None:
-    lines = [f"{_sha256_file(path)}  {path.name}\n" for path in sorted(files)]
+def write_manifest(
+    release: Path, files: list[Path], keys: KeySet, digests: FileDigests | None = None
+) -> None:
+    """SHA256SUMS of `files` (digests from `digests` where it has them), signed."""
+    with FileDigests() as own:
+        hashing = digests or own
+        for path in files:
+            hashing.start(path)
+        lines = [f"{hashing.digest(path)}  {path.name}\n" for path in sorted(files)]
     manifest = "".join(lines).encode()
     (release / "SHA256SUMS").write_bytes(manifest)
     signer = keys.signer("update")
@@ -96,7 +239,8 @@ def write_manifest(release: Path, files: list[Path], keys: KeySet) -> None:
 
 
 def _usr_root_hash(image: Path) -> bytes:
-    with open_disk_image(image) as disk:
+    # Only the GPT and the signature partition are read: no need to fault in the whole image.
+    with open_disk_image(image, populate=False) as disk:
         signatures = disk.partitions_of_type("usr-verity-sig")
         if len(signatures) != 1:
             raise BuildError(f"{image}: expected one usr-verity-sig partition")
@@ -109,7 +253,7 @@ REFERENCE_CERTIFICATE_ROLES = ("pk", "kek", "db", "verity", "ipe", "update")
 
 
 def _boot_loader_digest(image: Path) -> bytes:
-    with open_disk_image(image) as disk:
+    with open_disk_image(image, populate=False) as disk:  # the ESP's boot loader only
         esps = disk.partitions_of_type("esp")
         if len(esps) != 1:
             raise BuildError(f"{image}: expected one ESP, found {len(esps)}")

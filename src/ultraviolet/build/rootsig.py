@@ -28,6 +28,13 @@ from ultraviolet.tools import ToolsChroot
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 OPTION = "systemd.verity_usr_options=root-hash-signature=base64:"
 CMDLINE_LIMIT = 2048  # x86 COMMAND_LINE_SIZE
+# $1 image@@ESP offset, $2 mkosi's UKI in the ESP, $3 our UKI, $4 its ESP path, $5 loader.conf
+_ESP_UPDATE = """set -e
+mdel -i "$1" "::$2"
+mcopy -o -i "$1" "$3" "::$4"
+mmd -D s -i "$1" ::loader 2>/dev/null || true
+mcopy -o -i "$1" "$5" ::loader/loader.conf
+"""
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ def with_option(cmdline: str, option: str) -> str:
 
 def _locate(image: Path) -> tuple[bytes, EspFile, bytes]:
     """The signed usr root hash, where the (single) UKI sits in the ESP, and the UKI."""
-    with open_disk_image(image) as disk:
+    with open_disk_image(image, populate=False) as disk:  # a few MiB of a large image
         (sig,) = disk.partitions_of_type("usr-verity-sig")
         root_hash = parse_verity_sig(disk.partition_bytes(sig)).root_hash
         (esp,) = disk.partitions_of_type("esp")
@@ -168,18 +175,14 @@ def finalize_uki(
     )
     unsigned.unlink()
     target = f"{UKI_DIRECTORY}/{name}"
-    mtools = f"{image}@@{where.esp_offset}"
-    binds = [image.parent, uki_out.parent]
-    env = {"MTOOLS_SKIP_CHECK": "1"}
-    chroot.run(["mdel", "-i", mtools, f"::{where.path}"], binds=binds, env=env)
-    chroot.run(["mcopy", "-o", "-i", mtools, str(uki_out), f"::{target}"], binds=binds, env=env)
     loader_conf = uki_out.with_suffix(".loader.conf")
     loader_conf.write_text(loader_configuration(name))
-    chroot.run(["mmd", "-D", "s", "-i", mtools, "::loader"], binds=binds, env=env, check=False)
+    # One chroot entry for the four mtools commands (each entry sets up a mount namespace).
+    esp = f"{image}@@{where.esp_offset}"
     chroot.run(
-        ["mcopy", "-o", "-i", mtools, str(loader_conf), "::loader/loader.conf"],
-        binds=binds,
-        env=env,
+        ["sh", "-c", _ESP_UPDATE, "sh", esp, where.path, str(uki_out), target, str(loader_conf)],
+        binds=[image.parent, uki_out.parent],
+        env={"MTOOLS_SKIP_CHECK": "1"},
     )
     loader_conf.unlink()
     return uki_out
