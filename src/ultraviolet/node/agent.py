@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ultraviolet.errors import AttestationError, UltravioletError
+from ultraviolet.errors import AttestationError, ToolError, UltravioletError
 from ultraviolet.formats.evidence import Evidence
 from ultraviolet.node.ipe import IpeSource
 from ultraviolet.node.tpm import TpmDriver
@@ -168,7 +168,11 @@ class Agent:
 
     def enrol(self) -> str:
         """Enrol (credential activation); the enrolment id."""
-        ek_certificate = self.tpm.ek_certificate()
+        try:
+            ek_certificate = self.tpm.ek_certificate()
+        except ToolError as exc:  # a certificate we cannot read is one the verifier lacks
+            log.warning("cannot read the EK certificate, enrolling without it: %s", exc)
+            ek_certificate = None
         request = {
             "node_id": self.config.node_id,
             "ek_public": _b64(self.tpm.ek_public()),
