@@ -6,6 +6,7 @@ node, retry after a 503."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import secrets
@@ -22,6 +23,7 @@ import pytest
 from cryptography import x509
 
 from ultraviolet.cli import main
+from ultraviolet.cli.agent import _configuration
 from ultraviolet.errors import AttestationError
 from ultraviolet.formats.evidence import parse_evidence
 from ultraviolet.formats.tpm import PublicArea, parse_public_2b, parse_signature, verify_quote
@@ -226,3 +228,21 @@ def test_agent_protocol_against_a_minimal_verifier(
         assert len(sleeps) == 1 and 0 <= sleeps[0] <= 2.0
         assert len(verifier.evidence) == 4
         assert verifier.evidence[-1].quote != verifier.evidence[-2].quote
+
+
+def test_uvctl_agent_takes_verifier_and_pcrs_from_the_policy(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "src/ultraviolet/examples/container-host.toml"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        example.read_text().replace(
+            "[attestation]\n", '[attestation]\nverifier_url = "https://verifier.example:8400"\n'
+        )
+    )
+    args = argparse.Namespace(policy=policy, verifier=None, pcrs=None, node_id="n1")
+    assert _configuration(args) == (
+        "https://verifier.example:8400",
+        "n1",
+        [0, 2, 4, 7, 11, 12, 13, 15],
+    )
+    args = argparse.Namespace(policy=policy, verifier="http://other:1", pcrs="7", node_id="n1")
+    assert _configuration(args) == ("http://other:1", "n1", [7])  # the command line wins
