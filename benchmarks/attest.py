@@ -13,7 +13,8 @@ core" even on a busy machine), best of N rounds, interleaved with the floor:
 
   floor: pyca/cryptography RSA PKCS#1 v1.5 verify of the quote's signature;
   first evidence of a boot: the node's logs never seen before (log caches cleared each time);
-  steady state: the node re-attests with the logs it sent last time (parsed logs cached).
+  steady state: the node re-attests with the logs it sent last time (the facts read from
+  its logs are cached by their SHA-256, a few KB per node, up to CACHED_LOGS nodes).
 
 Keylime is the reference verifier in the field, but it cannot be driven here as a library
 (its verifier is a Tornado service around tpm2-tools); the floor is the fair reference.

@@ -27,6 +27,7 @@ from ultraviolet.attest.bootlog import (
     FirmwareLog,
     KeyDatabase,
     Pcr7Facts,
+    UserspaceLog,
     read_firmware_log,
     read_userspace_log,
     replay_logs,
@@ -35,10 +36,6 @@ from ultraviolet.attest.model import Appraisal, Finding, FindingId, Severity
 from ultraviolet.attest.references import BANK, FINAL_PHASE, AcceptedReleases
 from ultraviolet.errors import FormatError, UltravioletError
 from ultraviolet.formats import pcr as pcr_math
-from ultraviolet.formats.eventlog import (
-    Event,
-    UserspaceEvent,
-)
 from ultraviolet.formats.evidence import Evidence, IpeEvent
 from ultraviolet.formats.tpm import (
     ALG_NULL,
@@ -76,7 +73,7 @@ class _Run:
     quote: Quote | None = None
     signature: Signature | None = None
     firmware: FirmwareLog | None = None
-    userspace: tuple[UserspaceEvent, ...] = ()
+    userspace: UserspaceLog | None = None
     quoted: dict[str, dict[int, bytes]] = field(default_factory=dict)  # authenticated
     replayed: set[int] = field(default_factory=set)  # BANK PCRs whose log matched the quote
     booted_uki: bytes | None = None  # the UKI PCR 4 measured
@@ -282,7 +279,8 @@ def _check_replay(run: _Run) -> bool:
     userspace_bad: list[str] = []
     for bank, values in run.quoted.items():
         evidence = run.evidence
-        replayed = replay_logs(bytes(evidence.firmware_log), bytes(evidence.userspace_log), bank)
+        assert run.firmware is not None and run.userspace is not None
+        replayed = replay_logs(run.firmware, run.userspace, bank, evidence.firmware_log)
         if replayed.firmware_error or replayed.userspace_error:
             firmware_bad += [f"{bank}: {replayed.firmware_error}"] * bool(replayed.firmware_error)
             userspace_bad += [f"{bank}: {replayed.userspace_error}"] * bool(
@@ -306,9 +304,11 @@ def _check_replay(run: _Run) -> bool:
 def _replay_mismatch(
     run: _Run, bank: str, pcr: int, expected: bytes, quoted: bytes, userspace: bool
 ) -> str:
-    source = f"{len(_events(run, pcr))} firmware log events"
+    assert run.firmware is not None
+    source = f"{run.firmware.event_counts.get(pcr, 0)} firmware log events"
     if userspace:
-        more = sum(1 for e in run.userspace if e.pcr == pcr and bank in e.digests)
+        assert run.userspace is not None
+        more = sum(1 for e in run.userspace.events if e.pcr == pcr and bank in e.digests)
         source += f" and {more} userspace log events"
     return f"{bank} PCR {pcr}: {source} replay to {expected.hex()}, the TPM quoted {quoted.hex()}"
 
@@ -318,11 +318,6 @@ def _replay_finding(run: _Run, finding_id: FindingId, problems: list[str], log: 
         run.failed(finding_id, f"{log} does not replay to the quote: " + "; ".join(problems))
     else:
         run.passed(finding_id, f"{log} replays to the quoted PCRs")
-
-
-def _events(run: _Run, pcr: int) -> tuple[Event, ...]:
-    assert run.firmware is not None
-    return run.firmware.events(pcr)
 
 
 def _trusted_pcr(run: _Run, finding_id: FindingId, pcr: int) -> bool:

@@ -1,19 +1,22 @@
 """What the verifier reads from a node's logs, independent of any reference: parsed once per log.
 
-A node sends the same firmware log with every evidence until it reboots, so the parse, the
-replay and the facts PCR 4 and 7 are judged on are kept by the log's bytes (a bounded cache);
-the judgement against the accepted releases (attest/appraise.py) is lookups in those facts.
+A node sends the same firmware log with every evidence until it reboots, so the replay and the
+facts PCR 4 and 7 are judged on are kept by the log's SHA-256 (a bounded LRU of a few KB per
+log, never the log or its parsed events); the judgement against the accepted releases
+(attest/appraise.py) is lookups in those facts.
 Facts are read from every event, trusted or not; the appraisal uses a PCR's facts only when the
 log replays to the quoted value of that PCR.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
 from ultraviolet.errors import FormatError
 from ultraviolet.formats import efivar
@@ -22,7 +25,6 @@ from ultraviolet.formats.eventlog import (
     EV_EFI_VARIABLE_AUTHORITY,
     EV_NO_ACTION,
     Event,
-    EventLog,
     UefiVariable,
     UserspaceEvent,
     parse_event_log,
@@ -33,7 +35,36 @@ from ultraviolet.formats.eventlog import (
 
 BANK = "sha256"
 KEY_DATABASES = ("PK", "KEK", "db")
-CACHED_LOGS = 1024  # about 50 KB each
+CACHED_LOGS = 4096  # per cache; a log's facts take about 3 KB, its replay about 1 KB
+_V = TypeVar("_V")
+
+
+class _Lru(Generic[_V]):
+    """A thread-safe LRU (service workers share it); a value may be made twice in a race."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[Hashable, _V] = OrderedDict()
+        self.lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable, make: Callable[[], _V]) -> _V:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                self.hits += 1
+                return self.items[key]
+        value = make()
+        with self.lock:
+            self.misses += 1
+            self.items[key] = value
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
 
 
 @dataclass(frozen=True)
@@ -60,50 +91,19 @@ class Pcr7Facts:
 
 @dataclass(frozen=True)
 class FirmwareLog:
-    log: EventLog
-    by_pcr: Mapping[int, tuple[Event, ...]]  # measured events (no EV_NO_ACTION)
+    """What the appraisal needs of a firmware log; not the events themselves."""
+
+    sha256: bytes  # of the log: the cache key
+    event_counts: Mapping[int, int]  # PCR -> measured events (EV_NO_ACTION excluded)
     pcr4: Pcr4Facts
     pcr7: Pcr7Facts
     replayed: Mapping[int, bytes] | str  # in BANK, or why the log cannot be replayed
 
-    def events(self, pcr: int) -> tuple[Event, ...]:
-        return self.by_pcr.get(pcr, ())
 
-    def replay(self, bank: str) -> Mapping[int, bytes] | str:
-        """The PCR values the log replays to in `bank`, or why it cannot be replayed."""
-        if bank == BANK:
-            return self.replayed
-        try:
-            return replay(self.log, bank)
-        except FormatError as exc:
-            return str(exc)
-
-
-def _covers_data(event: Event) -> bool:
-    digest = event.digests.get(BANK)
-    return digest is not None and hmac.compare_digest(digest, hashlib.sha256(event.data).digest())
-
-
-@functools.lru_cache(maxsize=CACHED_LOGS)
-def read_firmware_log(data: bytes) -> FirmwareLog:
-    """The parsed log and its facts (EventLogError if it does not parse)."""
-    log = parse_event_log(data)
-    by_pcr: dict[int, list[Event]] = {}
-    for event in log.events:
-        if event.event_type != EV_NO_ACTION:
-            by_pcr.setdefault(event.pcr, []).append(event)
-    events = {pcr: tuple(listed) for pcr, listed in by_pcr.items()}
-    replayed: Mapping[int, bytes] | str
-    try:
-        replayed = replay(log, BANK)
-    except FormatError as exc:
-        replayed = str(exc)
-    return FirmwareLog(log, events, _pcr4(events.get(4, ())), _pcr7(events.get(7, ())), replayed)
-
-
-@functools.lru_cache(maxsize=CACHED_LOGS)
-def read_userspace_log(data: bytes) -> tuple[UserspaceEvent, ...]:
-    return parse_userspace_log(data)
+@dataclass(frozen=True)
+class UserspaceLog:
+    sha256: bytes
+    events: tuple[UserspaceEvent, ...]  # without their JSON content (only digests replay)
 
 
 @dataclass(frozen=True)
@@ -116,28 +116,92 @@ class Replayed:
     userspace_error: str | None = None
 
 
-@functools.lru_cache(maxsize=CACHED_LOGS)
-def replay_logs(firmware_log: bytes, userspace_log: bytes, bank: str) -> Replayed:
-    """Both logs replayed in `bank` (FormatError if either log does not parse)."""
-    firmware = read_firmware_log(firmware_log).replay(bank)
-    if isinstance(firmware, str):
-        return Replayed({}, frozenset(), firmware_error=firmware)
-    userspace = read_userspace_log(userspace_log)
-    extended = frozenset(e.pcr for e in userspace if bank in e.digests and e.pcr is not None)
+_firmware_logs: _Lru[FirmwareLog] = _Lru(CACHED_LOGS)
+_userspace_logs: _Lru[UserspaceLog] = _Lru(CACHED_LOGS)
+_replays: _Lru[Replayed] = _Lru(CACHED_LOGS)
+
+
+def _covers_data(event: Event) -> bool:
+    digest = event.digests.get(BANK)
+    return digest is not None and hmac.compare_digest(digest, hashlib.sha256(event.data).digest())
+
+
+def read_firmware_log(data: bytes) -> FirmwareLog:
+    """The log's facts (EventLogError if it does not parse)."""
+    key = hashlib.sha256(data).digest()
+    return _firmware_logs.get(key, lambda: _firmware_facts(key, data))
+
+
+def _firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
+    log = parse_event_log(data)
+    by_pcr: dict[int, list[Event]] = {}
+    for event in log.events:
+        if event.event_type != EV_NO_ACTION:
+            by_pcr.setdefault(event.pcr, []).append(event)
+    replayed: Mapping[int, bytes] | str
     try:
-        return Replayed(replay_userspace(userspace, bank, firmware), extended)
+        replayed = replay(log, BANK)
+    except FormatError as exc:
+        replayed = str(exc)
+    counts = {pcr: len(events) for pcr, events in by_pcr.items()}
+    pcr4, pcr7 = _pcr4(by_pcr.get(4, [])), _pcr7(by_pcr.get(7, []))
+    return FirmwareLog(key, counts, pcr4, pcr7, replayed)
+
+
+def read_userspace_log(data: bytes) -> UserspaceLog:
+    key = hashlib.sha256(data).digest()
+    return _userspace_logs.get(
+        key,
+        lambda: UserspaceLog(
+            key, tuple(replace(event, content={}) for event in parse_userspace_log(data))
+        ),
+    )
+
+
+def replay_logs(
+    firmware: FirmwareLog, userspace: UserspaceLog, bank: str, firmware_data: bytes
+) -> Replayed:
+    """Both logs replayed in `bank`; `firmware_data` is the log `firmware` was read from
+    (parsed again only for a bank other than BANK)."""
+    key = (firmware.sha256, userspace.sha256, bank)
+    return _replays.get(key, lambda: _replay_both(firmware, userspace, bank, firmware_data))
+
+
+def _replay_both(
+    firmware: FirmwareLog, userspace: UserspaceLog, bank: str, firmware_data: bytes
+) -> Replayed:
+    values: Mapping[int, bytes] | str = firmware.replayed
+    if bank != BANK:
+        try:
+            values = replay(parse_event_log(firmware_data), bank)
+        except FormatError as exc:
+            values = str(exc)
+    if isinstance(values, str):
+        return Replayed({}, frozenset(), firmware_error=values)
+    events = userspace.events
+    extended = frozenset(e.pcr for e in events if bank in e.digests and e.pcr is not None)
+    try:
+        return Replayed(replay_userspace(events, bank, values), extended)
     except FormatError as exc:
         return Replayed({}, extended, userspace_error=str(exc))
 
 
 def clear_caches() -> None:
     """Forget every log read so far (benchmarks measure the first evidence of a boot)."""
-    read_firmware_log.cache_clear()
-    read_userspace_log.cache_clear()
-    replay_logs.cache_clear()
+    for cache in (_firmware_logs, _userspace_logs, _replays):
+        cache.clear()
 
 
-def _pcr4(events: tuple[Event, ...]) -> Pcr4Facts:
+def cache_statistics() -> dict[str, tuple[int, int]]:
+    """(hits, misses) of each cache."""
+    return {
+        "firmware": (_firmware_logs.hits, _firmware_logs.misses),
+        "userspace": (_userspace_logs.hits, _userspace_logs.misses),
+        "replay": (_replays.hits, _replays.misses),
+    }
+
+
+def _pcr4(events: Sequence[Event]) -> Pcr4Facts:
     applications = tuple(
         e.digests.get(BANK, b"") for e in events if e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION
     )
@@ -145,7 +209,7 @@ def _pcr4(events: tuple[Event, ...]) -> Pcr4Facts:
     return Pcr4Facts(applications, next((e for e in others if not _covers_data(e)), None))
 
 
-def _pcr7(events: tuple[Event, ...]) -> Pcr7Facts:
+def _pcr7(events: Sequence[Event]) -> Pcr7Facts:
     uncovered = next((e for e in events if not _covers_data(e)), None)
     variables: dict[str, bytes] = {}
     authorities: list[bytes] = []
