@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ultraviolet.attest.appraise import appraise
 from ultraviolet.attest.bootlog import cache_statistics, clear_caches
@@ -422,3 +424,49 @@ def test_logs_are_read_once_per_content_and_decide_the_same(
     )
     assert other.state is NodeState.TRUSTED
     assert cache_statistics()["firmware"] == (hits, misses + 1)
+
+
+@pytest.fixture(scope="module")
+def genuine(tpm: SoftwareTpm, release: SimulatedRelease) -> Evidence:
+    return simulated_evidence(tpm, boot_measurements(release), NONCE)
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from(["quote", "signature", "firmware_log", "userspace_log"]),
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(1, 255)), min_size=1, max_size=4),
+)
+def test_mutated_evidence_never_raises_and_a_changed_quote_is_never_trusted(
+    tpm: SoftwareTpm,
+    accepted: AcceptedReleases,
+    genuine: Evidence,
+    part: str,
+    flips: list[tuple[int, int]],
+) -> None:
+    data = bytearray(getattr(genuine, part))
+    for offset, mask in flips:
+        data[offset % len(data)] ^= mask
+    evidence = dataclasses.replace(genuine, **{part: bytes(data)})  # type: ignore[arg-type]
+    appraisal = _appraise(evidence, tpm, accepted)
+    assert [f.id for f in appraisal.findings] == list(FindingId)
+    if part in ("quote", "signature") and bytes(data) != getattr(genuine, part):
+        assert appraisal.state is NodeState.UNTRUSTED
+
+
+@settings(max_examples=100)
+@given(
+    st.dictionaries(
+        st.sampled_from(["sha1", "sha256", "sha384"]),
+        st.dictionaries(st.integers(0, 30), st.binary(max_size=70), max_size=4),
+        max_size=2,
+    )
+)
+def test_any_pcr_values_never_raise_and_are_never_trusted(
+    tpm: SoftwareTpm,
+    accepted: AcceptedReleases,
+    genuine: Evidence,
+    pcrs: dict[str, dict[int, bytes]],
+) -> None:
+    appraisal = _appraise(dataclasses.replace(genuine, pcrs=pcrs), tpm, accepted)
+    assert appraisal.state is NodeState.UNTRUSTED
+    assert FindingId.QUOTE_PCR_DIGEST in {f.id for f in appraisal.failures}

@@ -166,7 +166,7 @@ def _signature_failed(run: _Run, message: bytes, signature: Signature, why: str)
     scheme = ak.parameters.scheme
     own_scheme = (scheme.scheme, scheme.hash_alg)
     if scheme.scheme != ALG_NULL and (signature.scheme, signature.hash_alg) != own_scheme:
-        run.failed(_ID.AK_KNOWN, f"signed by another key: {why}", ak_name=ak.name().hex())
+        run.failed(_ID.AK_KNOWN, f"signed by another key: {why}", ak_name=_name(ak))
         run.skip([_ID.QUOTE_SIGNATURE], "the quote is not signed by the enrolled AK")
         return False
     made_by_ak = _rsassa_made_by(ak, signature)
@@ -182,7 +182,7 @@ def _signature_failed(run: _Run, message: bytes, signature: Signature, why: str)
             _ID.AK_KNOWN,
             "the quote is signed by another key than the enrolled AK "
             f"(qualifiedSigner {run.quote.attest.qualified_signer.hex() if run.quote else '?'})",
-            ak_name=ak.name().hex(),
+            ak_name=_name(ak),
         )
         run.skip([_ID.QUOTE_SIGNATURE], "the quote is not signed by the enrolled AK")
     else:
@@ -190,9 +190,16 @@ def _signature_failed(run: _Run, message: bytes, signature: Signature, why: str)
             f"the signature does not verify with the enrolled AK ({why}): another key signed "
             "it or the quote was altered (this signature scheme cannot tell which)"
         )
-        run.failed(_ID.AK_KNOWN, text, ak_name=ak.name().hex())
+        run.failed(_ID.AK_KNOWN, text, ak_name=_name(ak))
         run.failed(_ID.QUOTE_SIGNATURE, text)
     return False
+
+
+def _name(ak: PublicArea) -> str:
+    try:
+        return ak.name().hex()
+    except UltravioletError as exc:  # an AK whose nameAlg names no hash
+        return f"unnamed: {exc}"
 
 
 def _rsassa_made_by(ak: PublicArea, signature: Signature) -> bool | None:
