@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
+import ipaddress
 import json
 import secrets
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ultraviolet.cli import main
 from ultraviolet.cli.agent import _configuration
@@ -103,7 +109,7 @@ def b64(text: str) -> bytes:
 
 
 @contextmanager
-def serving(verifier: MiniVerifier) -> Iterator[str]:
+def serving(verifier: MiniVerifier, tls: ssl.SSLContext | None = None) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -120,10 +126,12 @@ def serving(verifier: MiniVerifier) -> Iterator[str]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -246,3 +254,51 @@ def test_uvctl_agent_takes_verifier_and_pcrs_from_the_policy(tmp_path: Path) -> 
     )
     args = argparse.Namespace(policy=policy, verifier="http://other:1", pcrs="7", node_id="n1")
     assert _configuration(args) == ("http://other:1", "n1", [7])  # the command line wins
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool,
+) -> x509.Certificate:  # fmt: skip
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        ip = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+        builder = builder.add_extension(x509.SubjectAlternativeName([ip]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def test_https_verifier_checked_against_the_given_ca(tmp_path: Path) -> None:
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = _certificate("Verifier CA", ca_key, None, ca_key, ca=True)
+    server = _certificate("verifier", server_key, ca, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "server.pem").write_bytes(server.public_bytes(pem))
+    (tmp_path / "server.key").write_bytes(
+        server_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    with serving(MiniVerifier(script=[200]), tls) as url:
+        trusted = VerifierClient(url, timeout=5, ca_file=tmp_path / "ca.pem")
+        assert trusted.post("/v1/nodes/x/nonce", {}) == {"error": "scripted"}
+        with pytest.raises(VerifierUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            VerifierClient(url, timeout=5).post("/v1/nodes/x/nonce", {})  # system CAs
+        with pytest.raises(AttestationError, match="CA file"):
+            VerifierClient(url, timeout=5, ca_file=tmp_path / "absent.pem").post("/v1/x", {})

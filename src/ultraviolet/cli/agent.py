@@ -34,6 +34,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--banks", default="sha256", help="PCR banks to quote (default sha256)")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--tcti", default=DEFAULT_TCTI, help="TPM (default %(default)s)")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA certificate(s) (PEM) the verifier's TLS certificate is "
+        "checked against (default: the system's)",
+    )
     parser.add_argument("--ek-algorithm", choices=("rsa", "ecc"), default="rsa")
     parser.add_argument("--interval", type=float, default=300.0, help="seconds between reports")
     parser.add_argument("--firmware-log", type=Path, default=FIRMWARE_LOG)
@@ -112,6 +118,7 @@ def run_agent(args: argparse.Namespace) -> int:
         interval=args.interval,
         firmware_log=args.firmware_log,
         userspace_log=args.userspace_log,
+        ca_file=args.ca_file,
     )
     tpm = _driver(args)
     logging.getLogger("ultraviolet.node").setLevel(logging.INFO)

@@ -22,6 +22,7 @@ import base64
 import json
 import logging
 import random
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -73,6 +74,15 @@ class VerifierClient:
 
     base_url: str
     timeout: float = 30.0
+    ca_file: Path | None = None  # the verifier's CA (PEM) instead of the system's
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if self.ca_file is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise AttestationError(f"CA file {self.ca_file}: {exc}") from None
 
     def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         url = self.base_url.rstrip("/") + path
@@ -83,7 +93,9 @@ class VerifierClient:
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(
+                request, timeout=self.timeout, context=self._tls()
+            ) as response:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:500].decode("utf-8", "replace")
@@ -126,6 +138,7 @@ class AgentConfig:
     userspace_log: Path = USERSPACE_LOG
     backoff: Backoff = field(default_factory=Backoff)
     http_timeout: float = 30.0
+    ca_file: Path | None = None
 
 
 class Agent:
@@ -139,7 +152,9 @@ class Agent:
     ) -> None:
         self.config = config
         self.tpm = tpm
-        self.client = client or VerifierClient(config.verifier_url, config.http_timeout)
+        self.client = client or VerifierClient(
+            config.verifier_url, config.http_timeout, config.ca_file
+        )
         self.sleep = sleep
 
     @property
