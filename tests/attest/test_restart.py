@@ -4,9 +4,7 @@ the last record, and every alert change that the records imply was delivered to 
 
 from __future__ import annotations
 
-import base64
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,6 @@ import pytest
 from sqlalchemy import select
 
 from ultraviolet.attest.alerts import fingerprint
-from ultraviolet.attest.enrolment import ek_fingerprint
 from ultraviolet.attest.simulate import (
     Boot,
     SecureBootKeys,
@@ -29,62 +26,14 @@ from ultraviolet.attest.simulate import (
 )
 from ultraviolet.attest.store import EvidenceRecord, Node, OutboxAlert, Store
 from ultraviolet.formats.reference import render_reference
-from ultraviolet.formats.tpmcredential import activate_credential
-from ultraviolet.tools import Spawned, spawn_host
 
 from .pgserver import PostgresServer, postgres_bindir
-from .receivers import WebhookReceiver, free_port, wait_http, webhook_receiver
-from .test_service_engine import Node as SimulatedNode
+from .receivers import WebhookReceiver, webhook_receiver
+from .services import ADMIN, Service, SimulatedNode, enrol_over_http
 
-TOKEN = "restart-test-token-0123"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-UVCTL = Path(sys.executable).with_name("uvctl")
 NODES = 3
 ROUNDS = 9
 CHECK = "ak.known"  # every third submission is quoted by a foreign AK
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-@dataclass
-class Service:
-    database: str
-    workdir: Path
-    webhook: str
-    port: int = field(default_factory=free_port)
-    extra: tuple[str, ...] = ()
-    process: Spawned | None = None
-    starts: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        token = self.workdir / "token"
-        token.write_text(TOKEN)
-        self.starts += 1
-        name = f"service-{self.port}-{self.starts}.log"
-        self.process = spawn_host(
-            [
-                str(UVCTL), "attest", "serve", "--database", self.database,
-                "--listen", f"127.0.0.1:{self.port}", "--admin-token-file", str(token),
-                "--webhook", self.webhook, "--maintenance-interval", "0.2", *self.extra,
-            ],
-            log=self.workdir / name,
-        )  # fmt: skip
-        wait_http(self.url + "/v1/fleet", timeout=60)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.process.kill()  # SIGKILL: no shutdown, no flush
-        self.process.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
 
 
 @dataclass
@@ -92,25 +41,6 @@ class Acknowledged:
     lock: threading.Lock = field(default_factory=threading.Lock)
     states: dict[str, str] = field(default_factory=dict)  # nonce hex -> state answered
     retries: int = 0
-
-
-def _enrol(client: httpx.Client, node: SimulatedNode) -> None:
-    client.post("/v1/admin/eks", json={"fingerprint": ek_fingerprint(node.ek)}, headers=ADMIN)
-    answer = client.post(
-        "/v1/enrol",
-        json={
-            "node_id": node.node_id,
-            "ek_public": b64(node.ek.to_2b()),
-            "ak_public": b64(node.tpm.public.to_2b()),
-        },
-    ).json()
-    secret = activate_credential(
-        node.ek_key, node.ek, node.tpm.public.name(),
-        base64.b64decode(answer["credential_blob"]), base64.b64decode(answer["encrypted_secret"]),
-    )  # fmt: skip
-    path = f"/v1/enrol/{answer['enrolment']}/activate"
-    activated = client.post(path, json={"secret": b64(secret)})
-    assert activated.status_code == 200, activated.text
 
 
 def _stream(service: Service, node: SimulatedNode, boot: Boot, done: Acknowledged) -> None:
@@ -189,7 +119,7 @@ def test_killed_service_and_database_lose_no_record_and_no_alert(
         uploaded = admin.put("/v1/admin/releases/host/1.0", content=document, headers=ADMIN)
         assert uploaded.status_code == 204
         for node in nodes:
-            _enrol(admin, node)
+            enrol_over_http(admin, node)
     done = Acknowledged()
     threads = [threading.Thread(target=_stream, args=(service, n, boot, done)) for n in nodes]
     for thread in threads:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from ultraviolet.attest.alerts import Dispatcher, Sink
@@ -32,11 +31,10 @@ from ultraviolet.attest.simulate import (
 from ultraviolet.attest.store import Store
 from ultraviolet.formats.evidence import IpeEvent
 from ultraviolet.formats.reference import render_reference
-from ultraviolet.formats.tpm import PublicArea
 from ultraviolet.formats.tpmcredential import activate_credential
 
 from .receivers import WebhookReceiver, webhook_receiver
-from .softnode import _ek_public
+from .services import SimulatedNode
 
 TOKEN = "engine-test-token-0123"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -48,17 +46,6 @@ DENIAL = (
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-class Node:
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.tpm = SoftwareTpm()
-        self.ek_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    @property
-    def ek(self) -> PublicArea:
-        return _ek_public(self.ek_key)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +73,7 @@ def client(store: Store, receiver: WebhookReceiver) -> Iterator[TestClient]:
         yield test_client
 
 
-def enrol(client: TestClient, node: Node) -> None:
+def enrol(client: TestClient, node: SimulatedNode) -> None:
     fingerprint = ek_fingerprint(node.ek)
     client.post("/v1/admin/eks", json={"fingerprint": fingerprint}, headers=ADMIN)
     body = {
@@ -113,7 +100,7 @@ def enrol(client: TestClient, node: Node) -> None:
 
 def submit(
     client: TestClient,
-    node: Node,
+    node: SimulatedNode,
     boot: Boot,
     *,
     quoting: SoftwareTpm | None = None,
@@ -147,7 +134,7 @@ def test_genuine_node_is_trusted_and_each_attack_fails_by_id_with_an_alert(
         client.put("/v1/admin/releases/host/1.0", content=document, headers=ADMIN).status_code
         == 204
     )
-    node = Node("engine-1")
+    node = SimulatedNode("engine-1")
     enrol(client, node)
     good = boot_measurements(accepted)
     secure_boot_off = boot_measurements(accepted, secure_boot=False)

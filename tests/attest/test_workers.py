@@ -25,8 +25,7 @@ from ultraviolet.tools import run_host
 
 from .pgserver import PostgresServer
 from .receivers import WebhookReceiver, webhook_receiver
-from .test_restart import ADMIN, Service, _enrol
-from .test_service_engine import Node as SimulatedNode
+from .services import ADMIN, Service, SimulatedNode, enrol_over_http
 
 CHROMIUM = shutil.which("chromium")
 CHECK_IN = 3.0
@@ -72,7 +71,7 @@ def test_workers_share_nodes_nonces_and_stale_marking(
         document = render_reference(release.reference).encode()
         uploaded = admin.put("/v1/admin/releases/host/1.0", content=document, headers=ADMIN)
         assert uploaded.status_code == 204
-        _enrol(admin, node)
+        enrol_over_http(admin, node)
     # Nonce from one worker, evidence to the other.
     nonce = httpx.post(f"{first.url}/v1/nodes/shared-1/nonce").json()["nonce"]
     evidence = simulated_evidence(node.tpm, boot, bytes.fromhex(nonce)).to_json()
