@@ -15,7 +15,7 @@ import hmac
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ultraviolet.errors import FormatError
@@ -153,7 +153,11 @@ def read_userspace_log(data: bytes) -> UserspaceLog:
     return _userspace_logs.get(
         key,
         lambda: UserspaceLog(
-            key, tuple(replace(event, content={}) for event in parse_userspace_log(data))
+            key,
+            tuple(
+                UserspaceEvent(e.offset, e.pcr, e.digests, e.content_type, {})
+                for e in parse_userspace_log(data)
+            ),
         ),
     )
 
