@@ -248,3 +248,17 @@ def test_no_evidence_makes_a_server_error(client: TestClient, body: dict[str, An
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "untrusted"
     assert response.json()["findings"][0]["id"] in ("evidence.format", "quote.signature")
+
+
+def test_oversized_bodies_are_refused_before_reading(client: TestClient) -> None:
+    huge = b"x" * (16 * 1024 * 1024 + 1)
+    response = client.post("/v1/nodes/any/evidence", content=huge)
+    assert response.status_code == 413
+    assert response.json()["error"] == "request.too-large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        for _ in range(17):
+            yield b"y" * (1024 * 1024)
+
+    streamed = client.post("/v1/nodes/any/evidence", content=chunks())
+    assert streamed.status_code == 413

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ultraviolet.attest.errors import BadRequest, NotFound, ServiceError, Unauthorized
 from ultraviolet.attest.metrics import CONTENT_TYPE, Metrics
@@ -39,6 +40,8 @@ NODE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NodeId = Annotated[str, Path(pattern=NODE_ID)]
 PAGE_LIMIT = 1000  # nodes on the fleet page
 MAX_RELEASE_BYTES = 1 << 20
+# Real evidence is ~0.1 MiB (event logs); anything far larger is refused before it is read.
+MAX_BODY_BYTES = 16 << 20
 
 
 class _Strict(BaseModel):
@@ -124,7 +127,41 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, f"http.{exc.status_code}", str(exc.detail))
+        error_id = "request.too-large" if exc.status_code == 413 else f"http.{exc.status_code}"
+        return _error(exc.status_code, error_id, str(exc.detail))
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # FastAPI passes an HTTPException on to our handler
+                raise StarletteHTTPException(413, f"request body larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body larger than {self.limit} bytes"
+        response = _error(413, "request.too-large", message)
+        await response(scope, receive, send)
 
 
 def create_app(
@@ -153,6 +190,7 @@ def create_app(
         description="Enrol nodes, challenge them with nonces, appraise their evidence.",
     )
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit)
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         offered = (authorization or "").removeprefix("Bearer ").strip().encode()
