@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import fcntl
 import ipaddress
 import json
 import secrets
@@ -302,3 +303,15 @@ def test_https_verifier_checked_against_the_given_ca(tmp_path: Path) -> None:
             VerifierClient(url, timeout=5).post("/v1/nodes/x/nonce", {})  # system CAs
         with pytest.raises(AttestationError, match="CA file"):
             VerifierClient(url, timeout=5, ca_file=tmp_path / "absent.pem").post("/v1/x", {})
+
+
+def test_one_agent_per_state_directory(tmp_path: Path) -> None:
+    tpm = TpmDriver(tmp_path, tcti="swtpm:path=/nonexistent")  # never reached: the lock is first
+    config = AgentConfig(
+        node_id="n", verifier_url="http://127.0.0.1:9", state_dir=tmp_path, pcrs={"sha256": [0]},
+        ipe=AuditLogSource(tmp_path / "audit.log", tmp_path),
+    )  # fmt: skip
+    with (tmp_path / "agent.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(AttestationError, match="another agent is working on"):
+            Agent(config, tpm).step()

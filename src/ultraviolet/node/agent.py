@@ -19,6 +19,7 @@ waits for. HTTP is the standard library's urllib, so the node needs no HTTP pack
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import random
@@ -26,7 +27,8 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,18 +248,22 @@ class Agent:
         return answer
 
     def step(self) -> dict[str, Any]:
-        """Enrol if needed, then attest; a verifier that forgot the node gets it enrolled again."""
-        if not self.enrolled():
-            self.enrol()
-        try:
-            return self.attest_once()
-        except VerifierRefused as exc:
-            if exc.status not in UNKNOWN_NODE_STATUS:
-                raise
-            log.warning("the verifier does not know this node (%s): enrolling again", exc.status)
-            self.enrolment_file.unlink(missing_ok=True)
-            self.enrol()
-            return self.attest_once()
+        """Enrol if needed, then attest; a verifier that forgot the node gets it enrolled again.
+        One agent at a time per state directory (`uvctl agent --once` beside the service)."""
+        with _exclusive(self.config.state_dir / "agent.lock"):
+            if not self.enrolled():
+                self.enrol()
+            try:
+                return self.attest_once()
+            except VerifierRefused as exc:
+                if exc.status not in UNKNOWN_NODE_STATUS:
+                    raise
+                log.warning(
+                    "the verifier does not know this node (%s): enrolling again", exc.status
+                )
+                self.enrolment_file.unlink(missing_ok=True)
+                self.enrol()
+                return self.attest_once()
 
     def run(self, *, cycles: int | None = None) -> None:
         """Attest every `interval` seconds (forever, or `cycles` successful reports), backing
@@ -283,6 +289,22 @@ class Agent:
             failures = 0
             if cycles is None or done < cycles:
                 self.sleep(self.interval_with_jitter())
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` for the block; AttestationError if another process has it
+    (the caller's loop retries later)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AttestationError(f"another agent is working on {path.parent}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_log(path: Path, *, required: bool) -> bytes:
