@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
 from ultraviolet.attest import alerts
 from ultraviolet.attest.enrolment import ChallengeMaker, EkPolicy, check_ak, ek_fingerprint
@@ -160,7 +161,7 @@ class Verifier:
             raise Forbidden("enrolment.secret", "the activated secret is wrong")
         return enrolment.node_id, state
 
-    def _enrol_node(self, session: Any, enrolment: Enrolment, now: dt.datetime) -> NodeState:
+    def _enrol_node(self, session: Session, enrolment: Enrolment, now: dt.datetime) -> NodeState:
         node = session.get(Node, enrolment.node_id, with_for_update=True)
         if node is None:
             node = Node(id=enrolment.node_id, enrolled_at=now, last_evidence_at=None)
@@ -257,7 +258,7 @@ class Verifier:
             )  # fmt: skip
             return Outcome(outcome.state, findings, outcome.release, record.id)
 
-    def _consume_nonce(self, session: Any, node_id: str, nonce: bytes, now: dt.datetime) -> str:
+    def _consume_nonce(self, session: Session, node_id: str, nonce: bytes, now: dt.datetime) -> str:
         """Mark the nonce used; '' if it was ours, unused and fresh, else what was wrong."""
         consumed = session.execute(
             update(Nonce)
