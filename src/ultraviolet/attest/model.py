@@ -29,9 +29,9 @@ class FindingId(enum.StrEnum):
     """Stable ids of the checks the appraisal makes (one finding per id and evidence)."""
 
     EVIDENCE_FORMAT = "evidence.format"  # evidence bytes parse (quote, signature, logs)
-    AK_KNOWN = "ak.known"  # the quoting key is the node's enrolled AK
-    QUOTE_SIGNATURE = "quote.signature"  # quote signature verifies with the AK
-    NONCE_FRESH = "nonce.fresh"  # extraData is a nonce we issued, unused, not expired
+    AK_KNOWN = "ak.known"  # the quoting key is the node's enrolled AK (fails: another key)
+    QUOTE_SIGNATURE = "quote.signature"  # the AK's signature covers the quote as sent
+    NONCE_FRESH = "nonce.fresh"  # extraData is the challenge (issued, unused, unexpired)
     QUOTE_PCR_DIGEST = "quote.pcr-digest"  # quoted PCR values hash to the quote's pcrDigest
     QUOTE_PCR_SELECTION = "quote.pcr-selection"  # the quote covers the policy's PCRs
     EVENTLOG_REPLAY = "eventlog.replay"  # firmware log replays to the quoted PCRs
