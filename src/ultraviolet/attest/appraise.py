@@ -284,15 +284,14 @@ def _initial(pcr: int, bank: str) -> bytes:
 def _check_replay(run: _Run) -> bool:
     firmware_bad: list[str] = []
     userspace_bad: list[str] = []
+    assert run.firmware is not None and run.userspace is not None
     for bank, values in run.quoted.items():
-        evidence = run.evidence
-        assert run.firmware is not None and run.userspace is not None
-        replayed = replay_logs(run.firmware, run.userspace, bank, evidence.firmware_log)
-        if replayed.firmware_error or replayed.userspace_error:
-            firmware_bad += [f"{bank}: {replayed.firmware_error}"] * bool(replayed.firmware_error)
-            userspace_bad += [f"{bank}: {replayed.userspace_error}"] * bool(
-                replayed.userspace_error
-            )
+        replayed = replay_logs(run.firmware, run.userspace, bank, run.evidence.firmware_log)
+        if replayed.firmware_error:
+            firmware_bad.append(f"{bank}: {replayed.firmware_error}")
+            continue
+        if replayed.userspace_error:
+            userspace_bad.append(f"{bank}: {replayed.userspace_error}")
             continue
         for pcr, quoted in sorted(values.items()):
             expected = replayed.values.get(pcr) or _initial(pcr, bank)
