@@ -22,7 +22,7 @@ UNIT_PATH = f"usr/lib/systemd/system/{HEALTH_UNIT}"
 DROPIN_PATH = "usr/lib/systemd/system/boot-complete.target.d/50-ultraviolet-health.conf"
 FAILURE_MESSAGE = "ultraviolet-health: trial boot failed the health gate"
 _REPORT = (
-    f"/bin/sh -c 'test \"$$SERVICE_RESULT\" = success || echo \"{FAILURE_MESSAGE}"
+    f'/bin/sh -c \'test "$$SERVICE_RESULT" = success || echo "{FAILURE_MESSAGE}'
     " ($$SERVICE_RESULT, $$EXIT_CODE $$EXIT_STATUS): rebooting\" > /dev/console'"
 )
 
