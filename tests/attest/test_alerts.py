@@ -86,6 +86,23 @@ def test_webhook_gets_each_change_once_after_retries(store: Store) -> None:
     assert all(row.delivered_at is not None for row in rows)
 
 
+def test_a_resolution_waits_for_its_retried_firing(store: Store) -> None:
+    with webhook_receiver(refuse_first=1) as receiver:
+        verifier = verifier_with(store, Sink("webhook", receiver.url))
+        node = enrolled(verifier, "hook-3")
+        attest(verifier, node, signer=SoftNode("intruder"))
+        dispatcher = Dispatcher(store)
+        try:
+            assert dispatcher.run_once() == (0, 1)  # "firing" refused, backing off
+            assert attest(verifier, node) is NodeState.TRUSTED  # queues "resolved"
+            assert dispatcher.run_once() == (0, 0)  # "resolved" must not overtake it
+            assert dispatcher.run_once(utcnow() + LATER) == (1, 0)
+            assert dispatcher.run_once(utcnow() + LATER) == (1, 0)
+        finally:
+            dispatcher.close()
+    assert [a["status"] for a in receiver.received] == ["firing", "resolved"]
+
+
 def test_unreachable_sink_keeps_the_alert_and_backs_off(store: Store) -> None:
     verifier = verifier_with(store, Sink("webhook", f"http://127.0.0.1:{free_port()}/gone"))
     node = enrolled(verifier, "hook-2")

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from ultraviolet.attest.model import Finding, NodeState, Severity
 from ultraviolet.attest.store import AlertState, OutboxAlert, Store, utcnow
@@ -264,11 +264,22 @@ class Dispatcher:
 
     def _lease(self, now: dt.datetime) -> list[OutboxAlert]:
         leased: list[OutboxAlert] = []
+        # A sink sees one alert's changes in order: a row waits while an older row of the same
+        # alert for the same sink is undelivered (else a retried "firing" could land after the
+        # "resolved" that followed it, and the alert would stay firing at the receiver).
+        earlier = aliased(OutboxAlert)
+        blocked = exists().where(
+            earlier.fingerprint == OutboxAlert.fingerprint,
+            earlier.url == OutboxAlert.url,
+            earlier.id < OutboxAlert.id,
+            earlier.delivered_at.is_(None),
+        )
         with self.store.session.begin() as session:
             due = session.scalars(
                 select(OutboxAlert.id)
                 .where(OutboxAlert.delivered_at.is_(None), OutboxAlert.next_attempt_at <= now)
                 .where(or_(OutboxAlert.lease_until.is_(None), OutboxAlert.lease_until < now))
+                .where(~blocked)
                 .order_by(OutboxAlert.id)
                 .limit(self.batch)
             ).all()
