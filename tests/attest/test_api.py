@@ -262,3 +262,16 @@ def test_oversized_bodies_are_refused_before_reading(client: TestClient) -> None
 
     streamed = client.post("/v1/nodes/any/evidence", content=chunks())
     assert streamed.status_code == 413
+
+
+def test_a_retired_release_no_longer_counts(client: TestClient) -> None:
+    upload_release(client)
+    node = SoftNode("web-3")
+    enrol(client, node)
+    assert submit(client, node)["release"] == "uv 1"
+    assert client.delete("/v1/admin/releases/uv/1", headers=ADMIN).status_code == 204
+    assert client.delete("/v1/admin/releases/uv/1", headers=ADMIN).json()["error"] == (
+        "release.unknown"
+    )
+    result = submit(client, node)
+    assert (result["state"], result["release"]) == ("untrusted", None)

@@ -278,6 +278,14 @@ def _admin_routes(app: FastAPI, verifier: Verifier, admin: Any) -> None:
         await run_in_threadpool(verifier.put_release, name, version, document)
         return Response(status_code=204)
 
+    @app.delete("/v1/admin/releases/{name}/{version}", status_code=204, dependencies=[admin])
+    def delete_release(
+        name: Annotated[str, Path(pattern=NODE_ID)],
+        version: Annotated[str, Path(pattern=NODE_ID)],
+    ) -> Response:
+        verifier.delete_release(name, version)
+        return Response(status_code=204)
+
     @app.get("/v1/admin/nodes", dependencies=[admin])
     def all_nodes() -> dict[str, Any]:
         return {"nodes": [view.to_json() for view in node_views(verifier.store)]}

@@ -236,6 +236,9 @@ class Verifier:
             stored = session.get(Node, node_id, with_for_update=True)
             if stored is None:  # removed meanwhile
                 raise NotFound("node.unknown", f"node {node_id} is not enrolled")
+            if stored.ak_name != node.ak_name:  # re-enrolled while this was appraised
+                message = "the node enrolled another AK while this evidence was appraised"
+                appraisal = Appraisal((Finding(FindingId.AK_KNOWN, Severity.FAIL, message),))
             problem = self._consume_nonce(session, node_id, nonce, now)
             findings = _with_nonce_finding(appraisal.findings, problem)
             outcome = Appraisal(findings, appraisal.release)
@@ -312,6 +315,14 @@ class Verifier:
         with self.store.session.begin() as session:
             pruned = session.execute(delete(Nonce).where(Nonce.expires_at < self.clock() - keep))
         return int(getattr(pruned, "rowcount", 0) or 0)
+
+    def delete_release(self, name: str, version: str) -> None:
+        """Retire a release: evidence of nodes still running it fails from now on."""
+        with self.store.session.begin() as session:
+            existing = session.get(Release, (name, version))
+            if existing is None:
+                raise NotFound("release.unknown", f"no accepted release {name} {version}")
+            session.delete(existing)
 
     def put_release(self, name: str, version: str, document: bytes) -> None:
         reference = parse_reference(document)  # ReferenceError: a FormatError, a bad request
