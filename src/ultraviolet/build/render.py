@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ultraviolet.build.agent import agent_packages, agent_preset_units, write_agent
 from ultraviolet.build.definitions import (
     first_boot_repart,
     sysupdate_transfers,
@@ -75,6 +76,7 @@ def _packages(policy: NodePolicy) -> list[str]:
         *BASE_PACKAGES,
         *RUNTIME_PACKAGES[policy.workloads.container_runtime],
         *_update_packages(policy),
+        *agent_packages(policy),
         *policy.image.packages,
     ]
     return list(dict.fromkeys(wanted))
@@ -210,11 +212,13 @@ def render_tree(policy: NodePolicy, directory: Path) -> RenderedTree:
         + factory_etc_script()
     )
     (extra / PRESET).parent.mkdir(parents=True, exist_ok=True)
-    (extra / PRESET).write_text(preset_file(RUNTIME_UNITS[policy.workloads.container_runtime]))
+    runtime_units = RUNTIME_UNITS[policy.workloads.container_runtime]
+    (extra / PRESET).write_text(preset_file((*runtime_units, *agent_preset_units(policy))))
     for relative, content in health_files(policy).items():
         (extra / relative).parent.mkdir(parents=True, exist_ok=True)
         (extra / relative).write_text(content)
     script.chmod(0o755)
+    write_agent(policy, directory, extra)
     _copy_sandbox(directory)
     _copy_extra_tree(policy, extra)
     ipe = build_ipe_policy(policy)

@@ -244,8 +244,26 @@ class Agent:
         body = {"nonce": nonce.hex(), "evidence": evidence.to_json()}
         answer = self.client.post(f"/v1/nodes/{node}/evidence", body)
         self.config.ipe.commit(cursor)
+        self._record_report(answer)
         log.info("evidence accepted: %s", answer.get("state", answer))
         return answer
+
+    @property
+    def report_file(self) -> Path:
+        return self.config.state_dir / "last-report.json"
+
+    def _record_report(self, answer: Mapping[str, Any]) -> None:
+        """The verifier's last answer and how many reports it took, for the node's operators
+        (and the VM test's checker, which waits on it): written whole, then renamed."""
+        try:
+            previous = json.loads(self.report_file.read_text()).get("reports", 0)
+        except (OSError, ValueError, AttributeError):
+            previous = 0
+        reports = previous + 1 if isinstance(previous, int) else 1
+        record = {"reports": reports, "time": time.time(), "answer": dict(answer)}
+        staged = self.report_file.with_suffix(".tmp")
+        staged.write_text(json.dumps(record, sort_keys=True) + "\n")
+        staged.replace(self.report_file)
 
     def step(self) -> dict[str, Any]:
         """Enrol if needed, then attest; a verifier that forgot the node gets it enrolled again.

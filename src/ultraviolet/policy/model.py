@@ -75,6 +75,8 @@ class WorkloadsSection:
 class AttestationSection:
     pcrs: tuple[int, ...]
     verifier_url: str
+    banks: tuple[str, ...]
+    report_interval: int
     alert_webhooks: tuple[str, ...]
     alertmanager_url: str
 

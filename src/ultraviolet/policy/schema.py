@@ -98,6 +98,16 @@ _UNIT_NAME = _pattern(
 # line breaks (they would mean something else to systemd).
 _COMMAND = _pattern(r"/[^\s%\"'\\;]+( [^\s%\"'\\;]+)*", "a command: /absolute/program arg ...")
 
+PCR_BANKS = ("sha1", "sha256", "sha384", "sha512")
+
+
+def _banks_check(value: list[str]) -> str | None:
+    unknown = [bank for bank in value if bank not in PCR_BANKS]
+    if unknown or not value:
+        return f"a non-empty list from {', '.join(PCR_BANKS)}"
+    return None
+
+
 FIELDS: tuple[Field, ...] = (
     # [image]
     Field(
@@ -393,6 +403,22 @@ FIELDS: tuple[Field, ...] = (
         "",
         "Verifier service the node agent reports to.",
         check=lambda v: None if v == "" else _URL(v),
+    ),
+    Field(
+        "attestation",
+        "banks",
+        Kind.STRING_LIST,
+        ["sha256"],
+        "PCR banks the node agent quotes.",
+        check=_banks_check,
+    ),
+    Field(
+        "attestation",
+        "report_interval",
+        Kind.INTEGER,
+        300,
+        "Seconds between the node agent's reports (each +-10% jitter).",
+        check=_int_range(5, 86400),
     ),
     Field(
         "attestation",

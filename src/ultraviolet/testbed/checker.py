@@ -23,7 +23,7 @@ from ultraviolet.errors import UltravioletError
 
 UNIT = "ultraviolet-check.service"
 SCRIPT_CREDENTIAL = "ultraviolet-check.sh"
-# what to do after reporting: report | update | bench | oneshot:ENTRY-ID
+# what to do after reporting: report | update | bench | oneshot:ENTRY-ID | attest:SECONDS
 ACTION_CREDENTIAL = "ultraviolet-check.action"
 END_MARKER = "UVCHECK-END"
 # Not anchored: a getty prompt or a terminal reset may share the line with a fact.
@@ -55,6 +55,26 @@ say ipe-enforce "$(cat /sys/kernel/security/ipe/enforce 2>/dev/null)"
 for policy in /sys/kernel/security/ipe/policies/*; do
     [ -d "$policy" ] && say ipe-policy "$(basename "$policy") active=$(cat "$policy/active")"
 done
+# attest:SECONDS: the node agent's first accepted report comes before the IPE denials below,
+# so that the verifier sees the node trusted, then the denials (see the case at the end).
+agent_report=/var/lib/ultraviolet/agent/last-report.json
+agent_reports() {{ sed -n 's/.*"reports": \\([0-9]*\\).*/\\1/p' "$agent_report" 2>/dev/null; }}
+wait_reports() {{  # until the agent has made $1 accepted reports, at most $2 seconds
+    i=0
+    while [ "$i" -lt "$2" ]; do
+        [ "$(agent_reports)" -ge "$1" ] 2>/dev/null && return 0
+        sleep 1; i=$((i + 1))
+    done
+    return 1
+}}
+early=$(cat /run/credentials/@system/{ACTION_CREDENTIAL} 2>/dev/null)
+case "$early" in
+attest:*)
+    wait_reports 1 "${{early#attest:}}"
+    say attest-first "$(cat "$agent_report" 2>/dev/null)"
+    say attest-first-uptime "$(cut -d' ' -f1 /proc/uptime)"
+    ;;
+esac
 /usr/bin/true; say exec-usr "$?"
 mkdir -p /run/uvexec && mount -t tmpfs -o exec,mode=0755 uvexec /run/uvexec
 for dir in /tmp /var/tmp /root /run/uvexec; do
@@ -117,6 +137,15 @@ bench)
         dd if="$device" of=/dev/null bs=1M count="$size" iflag=count_bytes 2>/dev/null
         say "read-ns:$device" "$(( $(date +%s%N) - start )) $size"
     done
+    ;;
+attest:*)
+    # Two more reports: the one under way when the copies were denied may predate them.
+    first=$(agent_reports)
+    wait_reports "$(( ${{first:-0}} + 2 ))" "${{action#attest:}}"
+    say attest-after-denial "$(cat "$agent_report" 2>/dev/null)"
+    say agent-unit "$(systemctl show -p ActiveState -p SubState -p NRestarts \
+        ultraviolet-agent.service | oneline)"
+    say agent-log "$(journalctl -b -q -u ultraviolet-agent.service -o cat | tail -n 15 | oneline)"
     ;;
 oneshot:*)
     # The next boot (only) runs this boot loader entry (bootctl set-oneshot).

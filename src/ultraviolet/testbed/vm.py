@@ -44,6 +44,9 @@ class VmConfig:
     extra_disks: tuple[Path, ...] = ()  # read-only raw disks after the boot disk (updates)
     settle: float = 0.0  # seconds to let the guest power off by itself after `until` matched
     accelerator: str = "tcg"  # or "kvm" where testbed/accel.py's probe says it works
+    # QEMU user-mode networking (a virtio NIC; DHCP gives 10.0.2.15, the host is 10.0.2.2 and
+    # its 127.0.0.1 services are reachable there). Off: no NIC at all.
+    network: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ exec qemu-system-x86_64 -machine q35,smm=on {_accelerator(config)} -smp 2 \\
     -device tpm-tis,tpmdev=tpm0 \\
     -drive if=none,id=disk,format=qcow2,file=disk.qcow2 \\
     -device virtio-blk-pci,drive=disk,bootindex=1{_extra_disks(config)} \\
-    -display none -serial file:{serial} -no-reboot{smbios}
+    -display none -serial file:{serial} -no-reboot{_nic(config)}{smbios}
 """
 
 
@@ -109,6 +112,14 @@ def _accelerator(config: VmConfig) -> str:
     if config.accelerator == "kvm":
         return "-accel kvm -cpu host"
     return "-accel tcg,thread=multi -cpu max"
+
+
+def _nic(config: VmConfig) -> str:
+    """Without `network` QEMU's defaults stay as they were. No option ROM (romfile=): iPXE
+    would be one more driver in the firmware's boot path and its measurements."""
+    if not config.network:
+        return ""
+    return " \\\n    -netdev user,id=net0 -device virtio-net-pci,netdev=net0,romfile="
 
 
 def _extra_disks(config: VmConfig) -> str:

@@ -1,0 +1,158 @@
+"""A booted node attests to the verifier, end to end: the image's own agent (ultraviolet-agent.
+service) reports from the guest's TPM (QEMU's swtpm) over QEMU user networking to
+`uvctl attest serve` on the host, and the verifier appraises the real evidence against the
+build's reference.json.
+
+One boot of the example policy with `[attestation] verifier_url` set (to a placeholder: the
+test's URL, http://10.0.2.2:PORT, comes in as the `ultraviolet.verifier-url` credential, as a
+fleet would give each site its verifier). The EK is approved the way an operator would from
+manufacturing records: its fingerprint read from the TPM before the node first boots. The
+checker (action attest:SECONDS) waits for the agent's first accepted report, then makes its
+IPE denials (copies of /usr/bin/true run from writable mounts), then waits for two more reports
+and prints the verifier's answers before powering off.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.node.test_agent_service import Service, _free_port
+from ultraviolet.attest.enrolment import ek_fingerprint
+from ultraviolet.build.node import build_cached_node, example_policy_path
+from ultraviolet.formats.reference import Reference, parse_reference
+from ultraviolet.formats.tpm import parse_public_2b
+from ultraviolet.node.service import VERIFIER_CREDENTIAL
+from ultraviolet.node.tpm import TpmDriver
+from ultraviolet.policy import load_policy
+from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
+from ultraviolet.testbed.swtpm import running_swtpm
+from ultraviolet.testbed.vm import BootResult, boot_again
+from ultraviolet.tools import ToolsChroot
+
+from .conftest import vm_config
+
+pytestmark = pytest.mark.vm
+PLACEHOLDER_URL = "http://verifier.invalid:8080"
+WAIT_SECONDS = 300  # per wait in the guest: the first report includes making the AK (TCG)
+
+
+def attest_policy_text() -> str:
+    """The example policy with the agent on (fixed text: the build is cached across runs)."""
+    text = example_policy_path().read_text()
+    assert "\n[attestation]\n" in text
+    return text.replace(
+        "\n[attestation]\n",
+        f'\n[attestation]\nverifier_url = "{PLACEHOLDER_URL}"\nreport_interval = 10\n',
+        1,
+    )
+
+
+@dataclass(frozen=True)
+class AttestedBoot:
+    boot: BootResult
+    guest: GuestReport
+    reference: Reference
+    service: Service
+    fingerprint: str
+
+
+def _approve_tpm(chroot: ToolsChroot, work: Path) -> str:
+    """Make the VM's TPM state before its first boot and read its EK, as a vendor's
+    manufacturing record would give it; the state is what QEMU's swtpm then runs on."""
+    with running_swtpm(chroot, work / "tpm-manufacture") as swtpm:
+        driver = TpmDriver(
+            work / "tpm-manufacture" / "driver", tcti=swtpm.tcti, chroot=chroot,
+            binds=[swtpm.directory],
+        )  # fmt: skip
+        fingerprint = ek_fingerprint(parse_public_2b(driver.ek_public()))
+    shutil.move(work / "tpm-manufacture" / "state", work / "tpm")
+    return fingerprint
+
+
+def _credential(name: str, value: str) -> str:
+    encoded = base64.b64encode(value.encode()).decode("ascii")
+    return f"type=11,value=io.systemd.credential.binary:{name}={encoded}"
+
+
+@pytest.fixture(scope="module")
+def attested(
+    tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
+) -> Iterator[AttestedBoot]:
+    directory = tmp_path_factory.mktemp("attest")
+    policy_path = directory / "container-host-attest.toml"
+    policy_path.write_text(attest_policy_text())
+    policy = load_policy(policy_path)
+    result, keys = build_cached_node(policy)
+    port = _free_port()
+    service = Service(f"http://127.0.0.1:{port}", directory)
+    service.start()
+    try:
+        work = directory / "vm"
+        work.mkdir()
+        fingerprint = _approve_tpm(tools_chroot, work)
+        service.call("POST", "/v1/admin/eks", json.dumps({"fingerprint": fingerprint}).encode())
+        reference_bytes = result.reference.read_bytes()
+        image = policy.image
+        service.call("PUT", f"/v1/admin/releases/{image.name}/{image.version}", reference_bytes)
+        config = vm_config(
+            result.image,
+            keys,
+            accelerator,
+            network=True,
+            timeout=420.0 + 3 * WAIT_SECONDS,
+            smbios=(
+                *checker_smbios(f"attest:{WAIT_SECONDS}"),
+                _credential(VERIFIER_CREDENTIAL, f"http://10.0.2.2:{port}"),
+            ),
+        )
+        booted = boot_again(config, re.compile(END_MARKER), work, tools_chroot)
+        assert booted.ok, booted.explain()
+        guest = parse_report(booted.console())
+        yield AttestedBoot(booted, guest, parse_reference(reference_bytes), service, fingerprint)
+    finally:
+        service.stop()
+
+
+def _answer(guest: GuestReport, key: str) -> dict[str, Any]:
+    raw = guest.get(key)
+    assert raw, f"the agent made no report in time ({key}); agent log: {guest.get('agent-log')}"
+    record: dict[str, Any] = json.loads(raw)
+    answer: dict[str, Any] = record["answer"]
+    return answer
+
+
+def _failed(answer: dict[str, Any]) -> list[str]:
+    return [f["id"] for f in answer["findings"] if f["severity"] == "fail"]
+
+
+def test_the_booted_node_is_trusted_as_the_release(attested: AttestedBoot) -> None:
+    answer = _answer(attested.guest, "attest-first")
+    assert answer["state"] == "trusted", answer
+    assert _failed(answer) == [], answer
+    assert answer["release"] is not None and "container-host" in answer["release"], answer
+    assert "1.0.0" in answer["release"], answer
+
+
+def test_an_ipe_denial_in_the_guest_reaches_the_verifier(attested: AttestedBoot) -> None:
+    guest = attested.guest
+    assert guest.get("exec-copy:/tmp") != "0"  # the copy was denied
+    answer = _answer(guest, "attest-after-denial")
+    assert answer["state"] == "untrusted", answer
+    assert _failed(answer) == ["ipe.denials"], answer
+
+
+def test_the_verifier_knows_the_node(attested: AttestedBoot) -> None:
+    nodes = attested.service.call("GET", "/v1/admin/nodes")["nodes"]
+    assert len(nodes) == 1, nodes
+    node = attested.service.call("GET", f"/v1/nodes/{nodes[0]['node_id']}")
+    assert node["state"] == "untrusted", node
+    print(json.dumps(node, indent=1)[:3000])
