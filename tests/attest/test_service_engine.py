@@ -163,3 +163,13 @@ def test_genuine_node_is_trusted_and_each_attack_fails_by_id_with_an_alert(
     fired = [a["check"] for a in receiver.received if a["status"] == "firing"]
     assert set(attacks) <= set(fired)
     assert client.get("/v1/nodes/engine-1").json()["state"] == "trusted"
+
+
+def test_without_accepted_releases_evidence_fails_the_reference_check(
+    client: TestClient, releases: tuple[SimulatedRelease, SimulatedRelease]
+) -> None:
+    node = SimulatedNode("engine-2")
+    enrol(client, node)
+    result = submit(client, node, boot_measurements(releases[0]))
+    assert (result["state"], failed(result)) == ("untrusted", {"pcr11.reference"})
+    assert "no accepted release" in result["findings"][0]["message"]

@@ -217,8 +217,13 @@ class Verifier:
         except EvidenceError as exc:
             return Appraisal((Finding(FindingId.EVIDENCE_FORMAT, Severity.FAIL, str(exc)),))
         try:
+            accepted = self.accepted_releases()
+        except UltravioletError as exc:  # e.g. every release retired: nothing can match
+            message = f"no usable accepted releases: {exc}"
+            return Appraisal((Finding(FindingId.PCR11_REFERENCE, Severity.FAIL, message),))
+        try:
             ak = parse_public_2b(node.ak_public)
-            return self.appraiser(evidence, ak=ak, nonce=nonce, accepted=self.accepted_releases())
+            return self.appraiser(evidence, ak=ak, nonce=nonce, accepted=accepted)
         except UltravioletError as exc:  # the appraisal reports findings; this is a safety net
             return Appraisal((Finding(FindingId.EVIDENCE_FORMAT, Severity.FAIL, str(exc)),))
 
