@@ -5,645 +5,120 @@ attestation key (AK): the signature covers the raw TPMS_ATTEST bytes, and its pc
 hash, with the *signing scheme's* hash algorithm, of the selected PCR values concatenated in
 selection order. qualifiedSigner is the AK's qualified name (chained through its parents), not
 its name. Parsed structures are frozen dataclasses whose `to_bytes()` gives back the exact bytes.
+
+Split for size: structures, quotes and signatures in tpm_structures; public areas, keys and
+signature verification in tpm_keys. Import from here.
 """
 
-from __future__ import annotations
-
-import struct
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
-from ultraviolet.errors import AttestationError, FormatError
-from ultraviolet.formats._reader import Bytes, Reader
-
-TPM_GENERATED_VALUE = 0xFF544347  # "\xffTCG": only the TPM itself signs data starting so
-ST_ATTEST_QUOTE = 0x8018
-ST_ATTEST_NAMES = {
-    0x8014: "nv",
-    0x8015: "command-audit",
-    0x8016: "session-audit",
-    0x8017: "certify",
-    0x8018: "quote",
-    0x8019: "time",
-    0x801A: "creation",
-    0x801C: "nv-digest",
-}
-
-ALG_RSA = 0x0001
-ALG_SHA1 = 0x0004
-ALG_SHA256 = 0x000B
-ALG_NULL = 0x0010
-ALG_RSASSA = 0x0014
-ALG_RSAES = 0x0015
-ALG_RSAPSS = 0x0016
-ALG_ECDSA = 0x0018
-ALG_ECDAA = 0x001A
-ALG_ECC = 0x0023
-
-# TPM_ALG_ID -> (name as tpm2-tools and our PCR banks spell it, digest size, implementation)
-HASH_ALGORITHMS: dict[int, tuple[str, int, type[hashes.HashAlgorithm]]] = {
-    0x0004: ("sha1", 20, hashes.SHA1),
-    0x000B: ("sha256", 32, hashes.SHA256),
-    0x000C: ("sha384", 48, hashes.SHA384),
-    0x000D: ("sha512", 64, hashes.SHA512),
-    0x0012: ("sm3_256", 32, hashes.SM3),
-    0x0027: ("sha3_256", 32, hashes.SHA3_256),
-    0x0028: ("sha3_384", 48, hashes.SHA3_384),
-    0x0029: ("sha3_512", 64, hashes.SHA3_512),
-}
-_HASH_IDS = {name: alg for alg, (name, _, _) in HASH_ALGORITHMS.items()}
-# TPM_ECC_CURVE -> (curve, coordinate size in bytes)
-ECC_CURVES: dict[int, tuple[type[ec.EllipticCurve], int]] = {
-    0x0001: (ec.SECP192R1, 24),
-    0x0002: (ec.SECP224R1, 28),
-    0x0003: (ec.SECP256R1, 32),
-    0x0004: (ec.SECP384R1, 48),
-    0x0005: (ec.SECP521R1, 66),
-}
-
-OBJECT_ATTRIBUTES = {
-    1: "fixedtpm",
-    2: "stclear",
-    4: "fixedparent",
-    5: "sensitivedataorigin",
-    6: "userwithauth",
-    7: "adminwithpolicy",
-    10: "noda",
-    11: "encryptedduplication",
-    16: "restricted",
-    17: "decrypt",
-    18: "sign",
-    19: "x509sign",
-}
-# A hierarchy's name (and qualified name) is its handle: a primary key's QN starts from it.
-RH_OWNER = bytes.fromhex("40000001")
-RH_ENDORSEMENT = bytes.fromhex("4000000b")
-
-MAX_PCR_SELECTIONS = 16  # one per bank; real TPMs have at most a handful
-MAX_SIZE_OF_SELECT = 32  # 256 PCRs, far above any real TPM (3 bytes = 24 PCRs)
-
-
-class TpmError(FormatError):
-    pass
-
-
-class QuoteVerificationError(AttestationError):
-    """A quote whose signature, signer or nonce does not check out."""
-
-
-# fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign, as tpm2_createak makes
-# attestation keys.
-AK_ATTRIBUTES = 0x00050072
-
-
-def hash_name(alg: int) -> str:
-    known = HASH_ALGORITHMS.get(alg)
-    return known[0] if known else f"alg_0x{alg:04x}"
-
-
-def hash_id(name: str) -> int:
-    if name in _HASH_IDS:
-        return _HASH_IDS[name]
-    raise TpmError("hash algorithm", f"unknown hash {name!r}; known: {', '.join(_HASH_IDS)}")
-
-
-def digest(name: str, data: bytes) -> bytes:
-    """H_name(data) for a TPM hash algorithm name."""
-    try:
-        hasher = hashes.Hash(HASH_ALGORITHMS[hash_id(name)][2]())
-    except UnsupportedAlgorithm as exc:
-        raise TpmError("hash algorithm", f"{name} is not available here") from exc
-    hasher.update(data)
-    return hasher.finalize()
-
-
-# Reading and writing big-endian fields.
-
-
-def _u16(r: Reader) -> int:
-    return r.unpack(">H")[0]
-
-
-def _u32(r: Reader) -> int:
-    return r.unpack(">I")[0]
-
-
-def _tpm2b(r: Reader) -> bytes:
-    return r.read(_u16(r))
-
-
-def _pack(what: str, fmt: str, *values: int) -> bytes:
-    try:
-        return struct.pack(fmt, *values)
-    except struct.error as exc:
-        raise TpmError(what, f"value out of range: {exc}") from exc
-
-
-def _pack_tpm2b(what: str, data: bytes) -> bytes:
-    return _pack(what, ">H", len(data)) + data
-
-
-def _finish(r: Reader) -> None:
-    if r.remaining:
-        r.fail(f"{r.remaining} bytes after the end of the structure")
-
-
-# PCR selections.
-
-
-def pcr_bitmap(pcrs: Iterable[int], size_of_select: int = 3) -> bytes:
-    """The pcrSelect bitmap: bit (n % 8) of byte n // 8 selects PCR n."""
-    bitmap = bytearray(size_of_select)
-    for pcr in pcrs:
-        if not 0 <= pcr < 8 * size_of_select:
-            raise TpmError("PCR selection", f"PCR {pcr} does not fit {size_of_select} bytes")
-        bitmap[pcr // 8] |= 1 << (pcr % 8)
-    return bytes(bitmap)
-
-
-def pcr_indices(bitmap: bytes) -> tuple[int, ...]:
-    return tuple(n for n in range(8 * len(bitmap)) if bitmap[n // 8] >> (n % 8) & 1)
-
-
-@dataclass(frozen=True)
-class PcrSelection:
-    """One TPMS_PCR_SELECTION: a bank and its selected PCRs (ascending, as the bitmap orders)."""
-
-    bank: str
-    pcrs: tuple[int, ...]
-    size_of_select: int = 3
-
-    def to_bytes(self) -> bytes:
-        bitmap = pcr_bitmap(self.pcrs, self.size_of_select)
-        return _pack("PCR selection", ">HB", hash_id(self.bank), self.size_of_select) + bitmap
-
-
-def _read_pcr_selections(r: Reader) -> tuple[PcrSelection, ...]:
-    count = _u32(r)
-    if count > MAX_PCR_SELECTIONS:
-        r.fail(f"{count} PCR selections (at most {MAX_PCR_SELECTIONS})", r.pos - 4)
-    selections = []
-    for _ in range(count):
-        alg = _u16(r)
-        if alg not in HASH_ALGORITHMS:
-            r.fail(f"unknown PCR bank algorithm 0x{alg:04x}", r.pos - 2)
-        size = r.unpack(">B")[0]
-        if size > MAX_SIZE_OF_SELECT:
-            r.fail(f"sizeofSelect {size} (at most {MAX_SIZE_OF_SELECT})", r.pos - 1)
-        selections.append(PcrSelection(hash_name(alg), pcr_indices(r.read(size)), size))
-    return tuple(selections)
-
-
-def serialize_pcr_selections(selections: Sequence[PcrSelection]) -> bytes:
-    """TPML_PCR_SELECTION."""
-    body = b"".join(selection.to_bytes() for selection in selections)
-    return _pack("PCR selection list", ">I", len(selections)) + body
-
-
-def parse_pcr_selections(data: Bytes) -> tuple[PcrSelection, ...]:
-    r = Reader(data, "TPML_PCR_SELECTION", TpmError)
-    selections = _read_pcr_selections(r)
-    _finish(r)
-    return selections
-
-
-def pcr_composite_digest(
-    values: Mapping[int, bytes],
-    bank: str = "sha256",
-    *,
-    pcrs: Sequence[int] | None = None,
-    hash_alg: str | None = None,
-) -> bytes:
-    """H(selected PCR values of one bank concatenated in ascending PCR order), the pcrDigest
-    of a quote over that bank. The hash is the quote's signing hash (`hash_alg`), which is
-    usually, but not necessarily, the bank's own."""
-    return quote_pcr_digest(
-        [PcrSelection(bank, tuple(sorted(values if pcrs is None else pcrs)))],
-        {bank: values},
-        hash_alg or bank,
-    )
-
-
-def quote_pcr_digest(
-    selections: Sequence[PcrSelection],
-    values: Mapping[str, Mapping[int, bytes]],
-    hash_alg: str,
-) -> bytes:
-    """pcrDigest over several banks: values taken selection by selection, in bitmap order."""
-    parts = []
-    for selection in selections:
-        bank = values.get(selection.bank, {})
-        for pcr in selection.pcrs:
-            if pcr not in bank:
-                raise TpmError("PCR values", f"no {selection.bank} value for PCR {pcr}")
-            parts.append(bank[pcr])
-    return digest(hash_alg, b"".join(parts))
-
-
-# TPMS_ATTEST.
-
-
-@dataclass(frozen=True)
-class ClockInfo:
-    clock: int
-    reset_count: int
-    restart_count: int
-    safe: bool
-
-    def to_bytes(self) -> bytes:
-        fields = (self.clock, self.reset_count, self.restart_count, int(self.safe))
-        return _pack("TPMS_CLOCK_INFO", ">QIIB", *fields)
-
-
-@dataclass(frozen=True)
-class QuoteInfo:
-    selections: tuple[PcrSelection, ...]
-    pcr_digest: bytes
-
-    def to_bytes(self) -> bytes:
-        selections = serialize_pcr_selections(self.selections)
-        return selections + _pack_tpm2b("TPMS_QUOTE_INFO", self.pcr_digest)
-
-
-@dataclass(frozen=True)
-class Attest:
-    """TPMS_ATTEST; `attested` keeps the type-specific TPMU_ATTEST bytes as signed."""
-
-    type: int
-    qualified_signer: bytes  # TPM2B_NAME contents
-    extra_data: bytes  # the caller's nonce
-    clock_info: ClockInfo
-    firmware_version: int
-    attested: bytes
-    magic: int = TPM_GENERATED_VALUE
-
-    @property
-    def type_name(self) -> str:
-        return ST_ATTEST_NAMES.get(self.type, f"0x{self.type:04x}")
-
-    def to_bytes(self) -> bytes:
-        head = _pack("TPMS_ATTEST", ">IH", self.magic, self.type)
-        names = _pack_tpm2b("qualifiedSigner", self.qualified_signer)
-        names += _pack_tpm2b("extraData", self.extra_data)
-        firmware = _pack("firmwareVersion", ">Q", self.firmware_version)
-        return head + names + self.clock_info.to_bytes() + firmware + self.attested
-
-    def to_2b(self) -> bytes:
-        return _pack_tpm2b("TPM2B_ATTEST", self.to_bytes())
-
-
-def _read_attest(r: Reader) -> Attest:
-    magic = _u32(r)
-    if magic != TPM_GENERATED_VALUE:
-        r.fail(f"magic 0x{magic:08x}, not 0x{TPM_GENERATED_VALUE:08x} (TPM_GENERATED)", r.pos - 4)
-    kind = _u16(r)
-    if kind not in ST_ATTEST_NAMES:
-        r.fail(f"unknown attestation type 0x{kind:04x}", r.pos - 2)
-    signer = _tpm2b(r)
-    extra = _tpm2b(r)
-    clock, resets, restarts, safe = r.unpack(">QIIB")
-    if safe > 1:
-        r.fail(f"clockInfo.safe is {safe}, not a TPMI_YES_NO", r.pos - 1)
-    (firmware,) = r.unpack(">Q")
-    attested = r.read(r.remaining)
-    clock_info = ClockInfo(clock, resets, restarts, bool(safe))
-    return Attest(kind, signer, extra, clock_info, firmware, attested, magic)
-
-
-def parse_attest(data: Bytes) -> Attest:
-    """A TPMS_ATTEST as tpm2_quote -m writes it (no size prefix)."""
-    return _read_attest(Reader(data, "TPMS_ATTEST", TpmError))
-
-
-def parse_attest_2b(data: Bytes) -> Attest:
-    r = Reader(data, "TPM2B_ATTEST", TpmError)
-    inner = _tpm2b(r)
-    _finish(r)
-    return _read_attest(Reader(inner, "TPMS_ATTEST", TpmError, base=2))
-
-
-@dataclass(frozen=True)
-class Quote:
-    """A TPMS_ATTEST of type quote, with its TPMS_QUOTE_INFO decoded."""
-
-    attest: Attest
-    info: QuoteInfo
-
-    @property
-    def nonce(self) -> bytes:
-        return self.attest.extra_data
-
-    @property
-    def pcr_digest(self) -> bytes:
-        return self.info.pcr_digest
-
-    @property
-    def selections(self) -> tuple[PcrSelection, ...]:
-        return self.info.selections
-
-    def to_bytes(self) -> bytes:
-        return self.attest.to_bytes()
-
-
-def parse_quote(data: Bytes) -> Quote:
-    attest = parse_attest(data)
-    if attest.type != ST_ATTEST_QUOTE:
-        raise TpmError("TPMS_ATTEST", f"not a quote but a {attest.type_name} attestation", 4)
-    r = Reader(attest.attested, "TPMS_QUOTE_INFO", TpmError, base=len(data) - len(attest.attested))
-    info = QuoteInfo(_read_pcr_selections(r), _tpm2b(r))
-    _finish(r)
-    return Quote(attest, info)
-
-
-# TPMT_SIGNATURE.
-
-
-@dataclass(frozen=True)
-class Signature:
-    """TPMT_SIGNATURE for RSASSA / RSAPSS (`rsa`) or ECDSA (`r`, `s`, big-endian as stored)."""
-
-    scheme: int
-    hash_alg: int
-    rsa: bytes = b""
-    r: bytes = b""
-    s: bytes = b""
-
-    def to_bytes(self) -> bytes:
-        head = _pack("TPMT_SIGNATURE", ">HH", self.scheme, self.hash_alg)
-        if self.scheme in (ALG_RSASSA, ALG_RSAPSS):
-            return head + _pack_tpm2b("TPMT_SIGNATURE", self.rsa)
-        if self.scheme == ALG_ECDSA:
-            return head + _pack_tpm2b("ECDSA r", self.r) + _pack_tpm2b("ECDSA s", self.s)
-        raise TpmError("TPMT_SIGNATURE", f"unsupported signature scheme 0x{self.scheme:04x}")
-
-
-def parse_signature(data: Bytes) -> Signature:
-    r = Reader(data, "TPMT_SIGNATURE", TpmError)
-    scheme = _u16(r)
-    if scheme not in (ALG_RSASSA, ALG_RSAPSS, ALG_ECDSA):
-        r.fail(f"unsupported signature scheme 0x{scheme:04x} (RSASSA, RSAPSS, ECDSA)", 0)
-    hash_alg = _u16(r)
-    if hash_alg not in HASH_ALGORITHMS:
-        r.fail(f"unknown hash algorithm 0x{hash_alg:04x}", 2)
-    if scheme == ALG_ECDSA:
-        signature = Signature(scheme, hash_alg, r=_tpm2b(r), s=_tpm2b(r))
-    else:
-        signature = Signature(scheme, hash_alg, rsa=_tpm2b(r))
-    _finish(r)
-    return signature
-
-
-# TPMT_PUBLIC.
-
-
-@dataclass(frozen=True)
-class SymmetricDefinition:
-    """TPMT_SYM_DEF_OBJECT: NULL for signing keys, e.g. AES-128-CFB for storage keys."""
-
-    algorithm: int = ALG_NULL
-    key_bits: int = 0
-    mode: int = 0
-
-    def to_bytes(self) -> bytes:
-        if self.algorithm == ALG_NULL:
-            return _pack("TPMT_SYM_DEF_OBJECT", ">H", ALG_NULL)
-        return _pack("TPMT_SYM_DEF_OBJECT", ">HHH", self.algorithm, self.key_bits, self.mode)
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """TPMT_RSA_SCHEME / TPMT_ECC_SCHEME / TPMT_KDF_SCHEME: a scheme and its hash (and, for
-    ECDAA, a count). NULL and RSAES carry no details."""
-
-    scheme: int = ALG_NULL
-    hash_alg: int = 0
-    count: int = 0
-
-    def to_bytes(self) -> bytes:
-        if self.scheme in (ALG_NULL, ALG_RSAES):
-            return _pack("scheme", ">H", self.scheme)
-        if self.scheme == ALG_ECDAA:
-            return _pack("scheme", ">HHH", self.scheme, self.hash_alg, self.count)
-        return _pack("scheme", ">HH", self.scheme, self.hash_alg)
-
-
-@dataclass(frozen=True)
-class RsaParameters:
-    symmetric: SymmetricDefinition
-    scheme: Scheme
-    key_bits: int
-    exponent: int  # 0 means the default, 65537
-    modulus: bytes
-
-    def to_bytes(self) -> bytes:
-        sizes = _pack("TPMS_RSA_PARMS", ">HI", self.key_bits, self.exponent)
-        modulus = _pack_tpm2b("TPM2B_PUBLIC_KEY_RSA", self.modulus)
-        return self.symmetric.to_bytes() + self.scheme.to_bytes() + sizes + modulus
-
-
-@dataclass(frozen=True)
-class EccParameters:
-    symmetric: SymmetricDefinition
-    scheme: Scheme
-    curve: int
-    kdf: Scheme
-    x: bytes
-    y: bytes
-
-    def to_bytes(self) -> bytes:
-        curve = _pack("TPMS_ECC_PARMS", ">H", self.curve) + self.kdf.to_bytes()
-        point = _pack_tpm2b("TPMS_ECC_POINT", self.x) + _pack_tpm2b("TPMS_ECC_POINT", self.y)
-        return self.symmetric.to_bytes() + self.scheme.to_bytes() + curve + point
-
-
-@dataclass(frozen=True)
-class PublicArea:
-    """TPMT_PUBLIC of an RSA or ECC key."""
-
-    type: int
-    name_alg: int
-    attributes: int
-    auth_policy: bytes
-    parameters: RsaParameters | EccParameters
-
-    @property
-    def attribute_names(self) -> tuple[str, ...]:
-        return tuple(name for bit, name in OBJECT_ATTRIBUTES.items() if self.attributes >> bit & 1)
-
-    def to_bytes(self) -> bytes:
-        head = _pack("TPMT_PUBLIC", ">HHI", self.type, self.name_alg, self.attributes)
-        policy = _pack_tpm2b("TPMT_PUBLIC authPolicy", self.auth_policy)
-        return head + policy + self.parameters.to_bytes()
-
-    def to_2b(self) -> bytes:
-        return _pack_tpm2b("TPM2B_PUBLIC", self.to_bytes())
-
-    def name(self) -> bytes:
-        """nameAlg || H_nameAlg(TPMT_PUBLIC): how the TPM names this key."""
-        if self.name_alg not in HASH_ALGORITHMS:
-            raise TpmError("TPMT_PUBLIC", f"nameAlg 0x{self.name_alg:04x} cannot name a key")
-        algorithm = _pack("TPM2B_NAME", ">H", self.name_alg)
-        return algorithm + digest(hash_name(self.name_alg), self.to_bytes())
-
-    def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
-        if isinstance(self.parameters, RsaParameters):
-            return _rsa_key(self.parameters)
-        return _ecc_key(self.parameters)
-
-
-def _rsa_key(parameters: RsaParameters) -> rsa.RSAPublicKey:
-    if len(parameters.modulus) * 8 != parameters.key_bits:
-        raise TpmError(
-            "TPMT_PUBLIC",
-            f"a {parameters.key_bits}-bit key with a {len(parameters.modulus)}-byte modulus",
-        )
-    exponent = parameters.exponent or 65537
-    try:
-        return rsa.RSAPublicNumbers(exponent, int.from_bytes(parameters.modulus)).public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise TpmError("TPMT_PUBLIC", f"not a usable RSA key: {exc}") from exc
-
-
-def _ecc_key(parameters: EccParameters) -> ec.EllipticCurvePublicKey:
-    known = ECC_CURVES.get(parameters.curve)
-    if known is None:
-        raise TpmError("TPMT_PUBLIC", f"unsupported ECC curve 0x{parameters.curve:04x}")
-    curve, size = known
-    if len(parameters.x) > size or len(parameters.y) > size:
-        raise TpmError("TPMT_PUBLIC", f"ECC coordinates longer than {size} bytes")
-    point = b"\x04" + parameters.x.rjust(size, b"\0") + parameters.y.rjust(size, b"\0")
-    try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(curve(), point)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise TpmError("TPMT_PUBLIC", f"not a point on {curve.name}: {exc}") from exc
-
-
-def _read_symmetric(r: Reader) -> SymmetricDefinition:
-    algorithm = _u16(r)
-    if algorithm == ALG_NULL:
-        return SymmetricDefinition()
-    key_bits, mode = r.unpack(">HH")
-    return SymmetricDefinition(algorithm, key_bits, mode)
-
-
-def _read_scheme(r: Reader) -> Scheme:
-    scheme = _u16(r)
-    if scheme in (ALG_NULL, ALG_RSAES):
-        return Scheme(scheme)
-    if scheme == ALG_ECDAA:
-        hash_alg, count = r.unpack(">HH")
-        return Scheme(scheme, hash_alg, count)
-    return Scheme(scheme, _u16(r))
-
-
-def _read_public(r: Reader) -> PublicArea:
-    start = r.pos
-    kind, name_alg, attributes = r.unpack(">HHI")
-    policy = _tpm2b(r)
-    parameters: RsaParameters | EccParameters
-    if kind == ALG_RSA:
-        symmetric, scheme = _read_symmetric(r), _read_scheme(r)
-        key_bits, exponent = r.unpack(">HI")
-        parameters = RsaParameters(symmetric, scheme, key_bits, exponent, _tpm2b(r))
-    elif kind == ALG_ECC:
-        symmetric, scheme = _read_symmetric(r), _read_scheme(r)
-        curve = _u16(r)
-        kdf = _read_scheme(r)
-        parameters = EccParameters(symmetric, scheme, curve, kdf, _tpm2b(r), _tpm2b(r))
-    else:
-        r.fail(f"unsupported key type 0x{kind:04x} (RSA 0x0001, ECC 0x0023)", start)
-    return PublicArea(kind, name_alg, attributes, policy, parameters)
-
-
-def parse_public(data: Bytes) -> PublicArea:
-    """TPMT_PUBLIC (no size prefix)."""
-    r = Reader(data, "TPMT_PUBLIC", TpmError)
-    public = _read_public(r)
-    _finish(r)
-    return public
-
-
-def parse_public_2b(data: Bytes) -> PublicArea:
-    """TPM2B_PUBLIC, as tpm2_create -u and tpm2_readpublic -o write it."""
-    r = Reader(data, "TPM2B_PUBLIC", TpmError)
-    inner = _tpm2b(r)
-    _finish(r)
-    r = Reader(inner, "TPMT_PUBLIC", TpmError, base=2)
-    public = _read_public(r)
-    _finish(r)
-    return public
-
-
-def qualified_name(parent_qualified_name: bytes, name: bytes) -> bytes:
-    """QN(object) = nameAlg || H_nameAlg(QN(parent) || Name(object)) (Part 1, 16.6)."""
-    if len(name) < 2:
-        raise TpmError("TPM2B_NAME", "a name is at least the 2-byte name algorithm")
-    name_alg = int.from_bytes(name[:2])
-    return name[:2] + digest(hash_name(name_alg), parent_qualified_name + name)
-
-
-# Verification.
-
-
-def verify_signature(message: bytes, signature: Signature, public: PublicArea) -> None:
-    """Check `signature` over `message` with `public`; QuoteVerificationError if it fails."""
-    key = public.public_key()
-    scheme = public.parameters.scheme
-    signed = (signature.scheme, signature.hash_alg)
-    # A restricted key's TPM signs only with the key's scheme; a NULL scheme allows any.
-    if scheme.scheme != ALG_NULL and signed != (scheme.scheme, scheme.hash_alg):
-        raise QuoteVerificationError(
-            f"signature scheme 0x{signature.scheme:04x}/{hash_name(signature.hash_alg)} is not "
-            f"the key's 0x{scheme.scheme:04x}/{hash_name(scheme.hash_alg)}"
-        )
-    if signature.hash_alg not in HASH_ALGORITHMS:
-        raise TpmError("TPMT_SIGNATURE", f"unknown hash algorithm 0x{signature.hash_alg:04x}")
-    chosen = HASH_ALGORITHMS[signature.hash_alg][2]()
-    try:
-        if isinstance(key, rsa.RSAPublicKey) and signature.scheme == ALG_RSASSA:
-            key.verify(signature.rsa, message, padding.PKCS1v15(), chosen)
-        elif isinstance(key, rsa.RSAPublicKey) and signature.scheme == ALG_RSAPSS:
-            # TPMs pick the salt length (digest size or maximum): accept what the signature has.
-            pss = padding.PSS(mgf=padding.MGF1(chosen), salt_length=padding.PSS.AUTO)
-            key.verify(signature.rsa, message, pss, chosen)
-        elif isinstance(key, ec.EllipticCurvePublicKey) and signature.scheme == ALG_ECDSA:
-            der = encode_dss_signature(int.from_bytes(signature.r), int.from_bytes(signature.s))
-            key.verify(der, message, ec.ECDSA(chosen))
-        else:
-            raise QuoteVerificationError(
-                f"a 0x{signature.scheme:04x} signature cannot come from a "
-                f"{'RSA' if isinstance(key, rsa.RSAPublicKey) else 'ECC'} key"
-            )
-    except InvalidSignature as exc:
-        raise QuoteVerificationError("the signature does not verify with the key") from exc
-    except UnsupportedAlgorithm as exc:
-        raise QuoteVerificationError(f"cannot check this signature here: {exc}") from exc
-
-
-def verify_quote(
-    attest: Bytes,
-    signature: Signature,
-    public: PublicArea,
-    *,
-    nonce: bytes | None = None,
-    qualified_signer: bytes | None = None,
-) -> Quote:
-    """Parse a quote (raw TPMS_ATTEST) and check its signature over exactly those bytes by
-    `public`; optionally that it carries `nonce` and names `qualified_signer`."""
-    quote = parse_quote(attest)
-    verify_signature(bytes(attest), signature, public)
-    if nonce is not None and quote.nonce != nonce:
-        raise QuoteVerificationError(
-            f"the quote's nonce {quote.nonce.hex()} is not the expected {nonce.hex()}"
-        )
-    if qualified_signer is not None and quote.attest.qualified_signer != qualified_signer:
-        raise QuoteVerificationError(
-            f"the quote is signed by {quote.attest.qualified_signer.hex()}, "
-            f"not {qualified_signer.hex()}"
-        )
-    return quote
+# The public names, from the modules that define them.
+from ultraviolet.formats.tpm_keys import (
+    EccParameters,
+    PublicArea,
+    RsaParameters,
+    Scheme,
+    SymmetricDefinition,
+    parse_public,
+    parse_public_2b,
+    qualified_name,
+    verify_quote,
+    verify_signature,
+)
+from ultraviolet.formats.tpm_structures import (
+    AK_ATTRIBUTES,
+    ALG_ECC,
+    ALG_ECDAA,
+    ALG_ECDSA,
+    ALG_NULL,
+    ALG_RSA,
+    ALG_RSAES,
+    ALG_RSAPSS,
+    ALG_RSASSA,
+    ALG_SHA1,
+    ALG_SHA256,
+    ECC_CURVES,
+    HASH_ALGORITHMS,
+    MAX_PCR_SELECTIONS,
+    MAX_SIZE_OF_SELECT,
+    OBJECT_ATTRIBUTES,
+    RH_ENDORSEMENT,
+    RH_OWNER,
+    ST_ATTEST_NAMES,
+    ST_ATTEST_QUOTE,
+    TPM_GENERATED_VALUE,
+    Attest,
+    ClockInfo,
+    PcrSelection,
+    Quote,
+    QuoteInfo,
+    QuoteVerificationError,
+    Signature,
+    TpmError,
+    digest,
+    hash_id,
+    hash_name,
+    parse_attest,
+    parse_attest_2b,
+    parse_pcr_selections,
+    parse_quote,
+    parse_signature,
+    pcr_bitmap,
+    pcr_composite_digest,
+    pcr_indices,
+    quote_pcr_digest,
+    serialize_pcr_selections,
+)
+
+__all__ = [
+    "AK_ATTRIBUTES",
+    "ALG_ECC",
+    "ALG_ECDAA",
+    "ALG_ECDSA",
+    "ALG_NULL",
+    "ALG_RSA",
+    "ALG_RSAES",
+    "ALG_RSAPSS",
+    "ALG_RSASSA",
+    "ALG_SHA1",
+    "ALG_SHA256",
+    "ECC_CURVES",
+    "HASH_ALGORITHMS",
+    "MAX_PCR_SELECTIONS",
+    "MAX_SIZE_OF_SELECT",
+    "OBJECT_ATTRIBUTES",
+    "RH_ENDORSEMENT",
+    "RH_OWNER",
+    "ST_ATTEST_NAMES",
+    "ST_ATTEST_QUOTE",
+    "TPM_GENERATED_VALUE",
+    "Attest",
+    "ClockInfo",
+    "EccParameters",
+    "PcrSelection",
+    "PublicArea",
+    "Quote",
+    "QuoteInfo",
+    "QuoteVerificationError",
+    "RsaParameters",
+    "Scheme",
+    "Signature",
+    "SymmetricDefinition",
+    "TpmError",
+    "digest",
+    "hash_id",
+    "hash_name",
+    "parse_attest",
+    "parse_attest_2b",
+    "parse_pcr_selections",
+    "parse_public",
+    "parse_public_2b",
+    "parse_quote",
+    "parse_signature",
+    "pcr_bitmap",
+    "pcr_composite_digest",
+    "pcr_indices",
+    "qualified_name",
+    "quote_pcr_digest",
+    "serialize_pcr_selections",
+    "verify_quote",
+    "verify_signature",
+]
