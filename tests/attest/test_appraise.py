@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ultraviolet.attest import bootlog
 from ultraviolet.attest.appraise import appraise
 from ultraviolet.attest.bootlog import cache_statistics, clear_caches
 from ultraviolet.attest.model import Appraisal, FindingId, NodeState, Severity
@@ -470,3 +472,52 @@ def test_any_pcr_values_never_raise_and_are_never_trusted(
     appraisal = _appraise(dataclasses.replace(genuine, pcrs=pcrs), tpm, accepted)
     assert appraisal.state is NodeState.UNTRUSTED
     assert FindingId.QUOTE_PCR_DIGEST in {f.id for f in appraisal.failures}
+
+
+def _facts_or_error(read: Callable[[bytes, bytes], object], data: bytes) -> object:
+    try:
+        return read(b"key", data)
+    except ev.EventLogError as exc:
+        return ("EventLogError", str(exc))
+
+
+def _assert_fast_facts_are_checked(data: bytes) -> None:
+    """What the appraisal reads of a firmware log (one-pass scan where it can) equals what the
+    checked reader (parse_event_log, replay, Event.content, parse_signature_lists) gives."""
+    fast = _facts_or_error(bootlog._firmware_facts, data)
+    assert fast == _facts_or_error(bootlog._checked_firmware_facts, data)
+
+
+def test_firmware_facts_of_the_fast_scan_equal_the_checked_reader(
+    release: SimulatedRelease, next_release: SimulatedRelease, keys: SecureBootKeys
+) -> None:
+    boots = [boot_measurements(release, machine=machine) for machine in range(3)]
+    boots += [
+        boot_measurements(next_release, secure_boot=False),
+        boot_measurements(synthetic_release("other", "2", SecureBootKeys.generate())),
+        _forged(
+            boots[0],
+            7,
+            ev.EV_EFI_VARIABLE_DRIVER_CONFIG,
+            lambda r: measured(r.pcr, r.event_type, r.data[:-1] + b"\x00", BANKS, digest_of=r.data),
+        ),
+    ]
+    for boot in boots:
+        assert bootlog.scan_firmware_log(boot.firmware_log, "sha256", (4, 7)) is not None
+        _assert_fast_facts_are_checked(boot.firmware_log)
+    for path in sorted(Path("/work/shared/testdata/eventlogs").glob("*_eventlog")):
+        _assert_fast_facts_are_checked(path.read_bytes())
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(0, 5),
+    st.lists(st.tuples(st.integers(0, 20_000), st.integers(0, 255)), min_size=1, max_size=3),
+)
+def test_firmware_facts_of_mutated_logs_equal_the_checked_reader(
+    release: SimulatedRelease, machine: int, mutations: list[tuple[int, int]]
+) -> None:
+    data = bytearray(boot_measurements(release, machine=machine).firmware_log)
+    for offset, value in mutations:
+        data[offset % len(data)] = value
+    _assert_fast_facts_are_checked(bytes(data))

@@ -22,6 +22,7 @@ EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f") 
 EFI_CERT_X509 = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
 EFI_CERT_SHA256 = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
 SIGNATURE_LIST_HEADER = 28
+_LIST_HEAD = struct.Struct("<16sIII")
 
 
 class EfiVariableError(FormatError):
@@ -96,6 +97,28 @@ def certificate_fingerprints(lists: Sequence[SignatureList]) -> tuple[bytes, ...
         if signature_list.is_x509
         for signature in signature_list.signatures
     )
+
+
+def x509_fingerprints(data: bytes) -> tuple[bytes, ...] | None:
+    """certificate_fingerprints(parse_signature_lists(data)) where every list is X.509 and the
+    value parses; None otherwise (the checked path then says what is wrong). The verifier
+    reads PK, KEK and db of every boot: no dataclass per list here."""
+    fingerprints = []
+    offset, end, x509 = 0, len(data), EFI_CERT_X509.bytes_le
+    while offset < end:
+        if offset + SIGNATURE_LIST_HEADER > end:
+            return None
+        kind, total, header_size, size = _LIST_HEAD.unpack_from(data, offset)
+        if kind != x509 or size < 16 or total < SIGNATURE_LIST_HEADER + header_size:
+            return None
+        body = total - SIGNATURE_LIST_HEADER - header_size
+        start = offset + SIGNATURE_LIST_HEADER + header_size
+        offset = start + body
+        if body % size or offset > end:
+            return None
+        for at in range(start, offset, size):
+            fingerprints.append(hashlib.sha256(data[at + 16 : at + size]).digest())
+    return tuple(fingerprints)
 
 
 def uefi_variable_data(vendor: uuid.UUID, name: str, data: bytes) -> bytes:

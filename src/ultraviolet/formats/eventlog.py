@@ -19,18 +19,23 @@ systemd's /run/log/systemd/tpm2-measure.log is a JSON-SEQ (RFC 7464) file: each 
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
 import struct
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from ultraviolet.errors import FormatError
 from ultraviolet.formats import pcr as pcr_math
 from ultraviolet.formats._reader import Bytes, Reader
-from ultraviolet.formats.eventlog_names import EVENT_TYPES, SYSTEMD_EVENT_TAGS
+from ultraviolet.formats.eventlog_names import EVENT_TYPES, SYSTEMD_EVENT_TAGS, EventLogError
+from ultraviolet.formats.eventlog_userspace import (
+    RECORD_SEPARATOR,
+    UserspaceEvent,
+    _check_bank,
+    parse_userspace_log,
+    replay_userspace,
+    userspace_event_of,
+)
 from ultraviolet.formats.tpm import HASH_ALGORITHMS, hash_name
 
 EV_PREBOOT_CERT = 0x00
@@ -56,11 +61,6 @@ STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\0"
 SHA1_SIZE = 20
 MAX_ALGORITHMS = 16  # a log lists each bank once; TPMs have a handful of banks
 MAX_DIGEST_SIZE = 512  # bounds hostile Spec ID sizes; real digests are at most 64 bytes
-RECORD_SEPARATOR = 0x1E  # RFC 7464
-
-
-class EventLogError(FormatError):
-    pass
 
 
 def event_type_name(event_type: int) -> str:
@@ -443,11 +443,6 @@ _DECODERS: dict[int, Callable[[Event], EventContent]] = {
 # Replay.
 
 
-def _check_bank(bank: str, where: str) -> None:
-    if bank not in pcr_math.BANKS:
-        raise EventLogError(where, f"cannot replay bank {bank!r}; known: {pcr_math.BANKS}")
-
-
 def startup_locality(log: EventLog) -> int | None:
     """The locality of the log's StartupLocality record in PCR 0, if there is one."""
     for event in log.events:
@@ -484,116 +479,11 @@ def replay(log: EventLog, bank: str = "sha256") -> dict[int, bytes]:
     return values
 
 
-# systemd's userspace measurement log.
-
-
-@dataclass(frozen=True)
-class UserspaceEvent:
-    """One record of /run/log/systemd/tpm2-measure.log."""
-
-    offset: int  # of the record's 0x1E
-    pcr: int | None  # None for records of other registers (NvPCRs of newer systemd)
-    digests: Mapping[str, bytes]
-    content_type: str | None
-    content: Mapping[str, Any]  # the JSON object as written
-
-    @property
-    def event_type(self) -> str | None:
-        value = self.content.get("eventType")
-        return value if isinstance(value, str) else None
-
-    @property
-    def string(self) -> str | None:
-        """What was measured, for systemd's string measurements ("enter-initrd", ...)."""
-        value = self.content.get("string")
-        return value if isinstance(value, str) else None
-
-
-_DIGEST_SIZES = {name: size for name, size, _ in HASH_ALGORITHMS.values()}
-
-
-def _userspace_digests(items: object, fail: Callable[[str], EventLogError]) -> dict[str, bytes]:
-    if not isinstance(items, list) or not items:
-        raise fail('"digests" is not a non-empty list')
-    digests: dict[str, bytes] = {}
-    for item in items:
-        if not isinstance(item, dict):
-            raise fail("a digest is not an object")
-        bank, text = item.get("hashAlg"), item.get("digest")
-        if not isinstance(bank, str) or not isinstance(text, str):
-            raise fail('a digest lacks a string "hashAlg" or "digest"')
-        try:
-            value = bytes.fromhex(text)
-        except ValueError as exc:
-            raise fail(f"{bank} digest is not hex") from exc
-        if bank in _DIGEST_SIZES and len(value) != _DIGEST_SIZES[bank]:
-            raise fail(f"a {bank} digest of {len(value)} bytes")
-        if bank in digests:
-            raise fail(f"a second {bank} digest")
-        digests[bank] = value
-    return digests
-
-
-def _userspace_event(text: bytes, offset: int) -> UserspaceEvent:
-    def fail(message: str) -> EventLogError:
-        return EventLogError("tpm2-measure.log record", message, offset)
-
-    try:
-        record = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise fail(f"not JSON: {exc}") from exc
-    if not isinstance(record, dict):
-        raise fail("not a JSON object")
-    pcr = record.get("pcr")
-    if pcr is not None and (isinstance(pcr, bool) or not isinstance(pcr, int) or pcr < 0):
-        raise fail(f'"pcr" is {pcr!r}, not a PCR index')
-    content_type = record.get("content_type")
-    if content_type is not None and not isinstance(content_type, str):
-        raise fail('"content_type" is not a string')
-    content = record.get("content", {})
-    if not isinstance(content, dict):
-        raise fail('"content" is not an object')
-    digests = _userspace_digests(record.get("digests"), fail)
-    return UserspaceEvent(offset, pcr, digests, content_type, content)
-
-
-def parse_userspace_log(data: Bytes) -> tuple[UserspaceEvent, ...]:
-    """Records of a JSON-SEQ userspace measurement log, in order."""
-    raw = bytes(data)
-    if raw and raw[0] != RECORD_SEPARATOR:
-        raise EventLogError("tpm2-measure.log", "does not start with 0x1E (JSON-SEQ)", 0)
-    events = []
-    starts, separator = [], bytes([RECORD_SEPARATOR])
-    at = raw.find(separator)
-    while at >= 0:
-        starts.append(at)
-        at = raw.find(separator, at + 1)
-    for start, end in itertools.pairwise([*starts, len(raw)]):
-        body = raw[start + 1 : end]
-        if not body.strip():
-            continue  # RFC 7464: consecutive separators are not empty records
-        if not body.endswith(b"\n"):
-            raise EventLogError("tpm2-measure.log record", "truncated: no final line feed", start)
-        events.append(_userspace_event(body, start))
-    return tuple(events)
-
-
-def replay_userspace(
-    events: Sequence[UserspaceEvent],
-    bank: str = "sha256",
-    start: Mapping[int, bytes] | None = None,
-) -> dict[int, bytes]:
-    """PCR values after the userspace events, from `start` (e.g. the firmware log's replay)
-    or zeros. Events without a `bank` digest were not extended into that bank."""
-    _check_bank(bank, "userspace log replay")
-    values = dict(start or {})
-    for event in events:
-        value = event.digests.get(bank)
-        if event.pcr is None or value is None:
-            continue
-        current = values.get(event.pcr, pcr_math.zero_pcr(bank))
-        try:
-            values[event.pcr] = pcr_math.extend(current, value, bank)
-        except pcr_math.PcrError as exc:
-            raise EventLogError("userspace log replay", exc.detail, event.offset) from exc
-    return values
+__all__ = [  # names defined elsewhere, importable from here as before
+    "EventLogError",
+    "RECORD_SEPARATOR",
+    "UserspaceEvent",
+    "parse_userspace_log",
+    "replay_userspace",
+    "userspace_event_of",
+]

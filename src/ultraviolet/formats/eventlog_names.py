@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from ultraviolet.errors import FormatError
+
+
+class EventLogError(FormatError):
+    """A firmware or userspace event log that does not parse or replay (every eventlog module)."""
+
+
 # PC Client PFP, section 10.4.1 "Event Types".
 EVENT_TYPES: dict[int, str] = {
     0x00: "EV_PREBOOT_CERT",
