@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 import pytest
@@ -123,3 +124,35 @@ def test_mutated_documents_raise_only_evidence_error(position: int, byte: int) -
     data[position] = byte
     with contextlib.suppress(EvidenceError):
         parse_evidence(bytes(data))
+
+
+# What a PCR member may be, as the format says it (regular expressions), against the decoder.
+CANONICAL_INDEX = re.compile(r"0|[1-9][0-9]?")
+LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})+")
+
+
+@settings(max_examples=400)
+@given(
+    st.one_of(st.text(max_size=3), st.integers(-2, 30).map(str), st.just("07")),
+    st.one_of(
+        st.binary(min_size=32, max_size=32).map(bytes.hex),
+        st.text(alphabet="0123456789abcdefABCDEF \n", min_size=62, max_size=66),
+        st.text(max_size=64),
+    ),
+)
+def test_pcr_members_are_accepted_exactly_as_the_format_says(index: str, value: str) -> None:
+    document = _document()
+    document["pcrs"] = {"sha256": {index: value}}
+    valid = (
+        CANONICAL_INDEX.fullmatch(index) is not None
+        and int(index) <= 23
+        and len(value) == 64
+        and LOWER_HEX.fullmatch(value) is not None
+    )
+    try:
+        evidence = parse_evidence(json.dumps(document).encode())
+    except EvidenceError:
+        assert not valid
+        return
+    assert valid
+    assert evidence.pcrs == {"sha256": {int(index): bytes.fromhex(value)}}

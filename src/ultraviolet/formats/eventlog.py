@@ -480,8 +480,8 @@ def replay(log: EventLog, bank: str = "sha256") -> dict[int, bytes]:
 
 
 __all__ = [  # names defined elsewhere, importable from here as before
-    "EventLogError",
     "RECORD_SEPARATOR",
+    "EventLogError",
     "UserspaceEvent",
     "parse_userspace_log",
     "replay_userspace",

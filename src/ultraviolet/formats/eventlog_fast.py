@@ -11,6 +11,7 @@ generated and real logs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -39,6 +40,7 @@ from ultraviolet.formats.eventlog import (
 _HASHERS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384}
 _HASHERS["sha512"] = hashlib.sha512
 _VARIABLE_HEAD = struct.Struct("<16sQQ")
+_LEGACY_HEAD = struct.Struct("<II20sI")  # TCG_PCClientPCREvent up to the data
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _JSON = json.JSONDecoder()
 
@@ -55,19 +57,15 @@ class FirmwareScan:
 
 def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> FirmwareScan | None:
     """parse_event_log + replay in `bank` in one pass, or None (then take the checked path)."""
-    try:
-        r = Reader(data, "TCG event log", EventLogError)
-        first = _read_legacy_event(r, 0)
-        if not _is_spec_id_event(first) or first.digests["sha1"] != bytes(SHA1_SIZE):
-            return None
-        spec_id = _read_spec_id(first.data, first.data_offset)
-    except FormatError:
+    if len(data) < _LEGACY_HEAD.size:
         return None
-    if bank not in spec_id.banks or bank not in _HASHERS:
+    end = _LEGACY_HEAD.size + _LEGACY_HEAD.unpack_from(data)[-1]
+    header = _spec_id_and_layout(data[:end]) if end <= len(data) else None
+    if header is None or bank not in header[0].banks or bank not in _HASHERS:
         return None
-    layout = _RecordLayout.of(spec_id)
+    spec_id, layout = header
     field = dict(layout.digest_fields)[bank]
-    extended = _scan_records(data, r.pos, layout, field, frozenset(keep))
+    extended = _scan_records(data, end, layout, field, frozenset(keep))
     if extended is None:
         return None
     digests, locality, kept = extended
@@ -77,6 +75,20 @@ def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> Firmware
         _replay(digests, bank, locality),
         kept,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _spec_id_and_layout(record: bytes) -> tuple[SpecId, _RecordLayout] | None:
+    """The Spec ID record's meaning, None if it is not one. Every log of a firmware build
+    starts with the same record, so it is read once (a pure function of these bytes)."""
+    try:
+        first = _read_legacy_event(Reader(record, "TCG event log", EventLogError), 0)
+        if not _is_spec_id_event(first) or first.digests["sha1"] != bytes(SHA1_SIZE):
+            return None
+        spec_id = _read_spec_id(first.data, first.data_offset)
+    except FormatError:
+        return None
+    return spec_id, _RecordLayout.of(spec_id)
 
 
 _Scanned = tuple[dict[int, list[bytes]], int | None, dict[int, list[Event]]]

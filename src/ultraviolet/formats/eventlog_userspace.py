@@ -102,7 +102,17 @@ def userspace_event_of(record: object, offset: int, *, keep_content: bool = True
     if not isinstance(content, dict):
         raise fail('"content" is not an object')
     digests = _userspace_digests(record.get("digests"), fail)
-    return UserspaceEvent(offset, pcr, digests, content_type, content if keep_content else {})
+    # As for firmware events (eventlog._read_agile_events_fast): fill the frozen dataclass's
+    # fields directly, the verifier reads every record of every boot.
+    event: UserspaceEvent = object.__new__(UserspaceEvent)
+    event.__dict__.update(
+        offset=offset,
+        pcr=pcr,
+        digests=digests,
+        content_type=content_type,
+        content=content if keep_content else {},
+    )
+    return event
 
 
 def parse_userspace_log(data: Bytes) -> tuple[UserspaceEvent, ...]:

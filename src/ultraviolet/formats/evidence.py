@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +18,9 @@ from ultraviolet.errors import FormatError
 
 EVIDENCE_FORMAT = 1
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
-_PCR_INDEX = re.compile(r"0|[1-9][0-9]?")  # canonical: "07" and "7" may not both name PCR 7
-_HEX = re.compile(r"(?:[0-9a-f]{2})+")
+# Canonical indices only: "07" and "7" may not both name PCR 7.
+_PCR_INDICES = {str(index): index for index in range(24)}
+_LOWER_HEX = "0123456789abcdef"
 
 
 class EvidenceError(FormatError):
@@ -105,12 +105,13 @@ def _parse_pcrs(document: Mapping[str, Any]) -> dict[str, dict[int, bytes]]:
         parsed[bank] = {}
         for index, value in values.items():
             where = f"evidence.pcrs.{bank}.{index}"
-            if not _PCR_INDEX.fullmatch(index) or int(index) > 23:
+            if index not in _PCR_INDICES:
                 raise EvidenceError(f"{where}: expected a PCR index 0-23")
             size = DIGEST_SIZES[bank]
-            if not isinstance(value, str) or len(value) != 2 * size or not _HEX.fullmatch(value):
+            # strip() leaves nothing only if every character is a lowercase hex digit.
+            if not isinstance(value, str) or len(value) != 2 * size or value.strip(_LOWER_HEX):
                 raise EvidenceError(f"{where}: expected {2 * size} lowercase hex digits")
-            parsed[bank][int(index)] = bytes.fromhex(value)
+            parsed[bank][_PCR_INDICES[index]] = bytes.fromhex(value)
     return parsed
 
 

@@ -124,12 +124,23 @@ def digest(name: str, data: bytes) -> bytes:
 # Reading and writing big-endian fields.
 
 
+_U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
+_CLOCK_INFO, _U64 = struct.Struct(">QIIB"), struct.Struct(">Q")
+
+
+def _unpack(r: Reader, layout: struct.Struct) -> tuple[int, ...]:
+    """r.unpack with a compiled layout: the verifier reads a quote per evidence."""
+    at = r.require(layout.size)
+    r.pos = at + layout.size
+    return layout.unpack_from(r.data, at)
+
+
 def _u16(r: Reader) -> int:
-    return r.unpack(">H")[0]
+    return _unpack(r, _U16)[0]
 
 
 def _u32(r: Reader) -> int:
-    return r.unpack(">I")[0]
+    return _unpack(r, _U32)[0]
 
 
 def _tpm2b(r: Reader) -> bytes:
@@ -191,7 +202,7 @@ def _read_pcr_selections(r: Reader) -> tuple[PcrSelection, ...]:
         alg = _u16(r)
         if alg not in HASH_ALGORITHMS:
             r.fail(f"unknown PCR bank algorithm 0x{alg:04x}", r.pos - 2)
-        size = r.unpack(">B")[0]
+        size = _unpack(r, _U8)[0]
         if size > MAX_SIZE_OF_SELECT:
             r.fail(f"sizeofSelect {size} (at most {MAX_SIZE_OF_SELECT})", r.pos - 1)
         selections.append(PcrSelection(hash_name(alg), pcr_indices(r.read(size)), size))
@@ -305,10 +316,10 @@ def _read_attest(r: Reader) -> Attest:
         r.fail(f"unknown attestation type 0x{kind:04x}", r.pos - 2)
     signer = _tpm2b(r)
     extra = _tpm2b(r)
-    clock, resets, restarts, safe = r.unpack(">QIIB")
+    clock, resets, restarts, safe = _unpack(r, _CLOCK_INFO)
     if safe > 1:
         r.fail(f"clockInfo.safe is {safe}, not a TPMI_YES_NO", r.pos - 1)
-    (firmware,) = r.unpack(">Q")
+    (firmware,) = _unpack(r, _U64)
     attested = r.read(r.remaining)
     clock_info = ClockInfo(clock, resets, restarts, bool(safe))
     return Attest(kind, signer, extra, clock_info, firmware, attested, magic)
