@@ -6,6 +6,10 @@ log, never the log or its parsed events); the judgement against the accepted rel
 (attest/appraise.py) is lookups in those facts.
 Facts are read from every event, trusted or not; the appraisal uses a PCR's facts only when the
 log replays to the quoted value of that PCR.
+
+A miss (the first evidence after each boot: a fleet's reboot storm) reads the log in one pass
+(formats/eventlog_fast.py: digests per PCR for replay, whole events only of PCR 4 and 7) and
+falls back to the checked reader for anything unusual, which then says what is wrong.
 """
 
 from __future__ import annotations
