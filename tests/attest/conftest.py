@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.attest.pgserver import PostgresServer, postgres_bindir
 from ultraviolet.attest.store import Store
+from ultraviolet.testbed.pgserver import PostgresServer, postgres_bindir
 
 _database_numbers = itertools.count()
 
