@@ -14,13 +14,16 @@ Every answer must be 200 and `trusted`, else the run reports a mismatch and fail
 
 Reported per backend: evidence appraised per second (wall clock), p50/p99 latency of the nonce
 and of the evidence requests as the nodes see them (so it includes queueing in the service and
-this process's own share of the machine), and the service process's CPU in cores.
+this process's own share of the machine), the CPU of the service process (in cores, and per
+nonce + evidence round) and of the nodes (this process).
 
 Reference: the appraisal engine in process on the same evidence documents, doing what the
 service does per submission (parse the evidence JSON and the node's AK, `appraise` in steady
-state with the node's logs cached), in CPU time, best of 3. The ratio service / in-process is
-the share of the engine's rate the HTTP service delivers: what HTTP, JSON validation, nonce
-bookkeeping, the evidence record and the database cost on top of the appraisal.
+state with the node's logs cached), in CPU time, best of 3. Two ratios against it, both the
+service's overhead (HTTP, JSON validation, nonce bookkeeping, the evidence record, the
+database): the service's rate / the in-process rate per core (wall clock, so it also shows a
+busy machine), and the service's CPU per round / the appraisal's (robust to other load; the
+database server's own CPU is not counted).
 """
 
 from __future__ import annotations
