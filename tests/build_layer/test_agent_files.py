@@ -15,6 +15,7 @@ from ultraviolet.build.agent import (
     NETWORK_PATH,
     POSTINST,
     SITE_PACKAGES,
+    SYSUSERS_PATH,
     UNIT_PATH,
     agent_files,
     agent_modules,
@@ -204,3 +205,19 @@ def test_debians_python_runs_the_copied_agent(tools_chroot: ToolsChroot, tmp_pat
     )  # fmt: skip
     assert compiled.returncode == 0
     assert list((site / "ultraviolet" / "node" / "__pycache__").glob("service.cpython-3*.pyc"))
+
+
+@pytest.mark.oracle
+def test_sysusers_makes_the_tss_group(tools_chroot: ToolsChroot, tmp_path: Path) -> None:
+    """systemd-sysusers, on an empty root as a node's first boot has it, creates the tss user
+    and group that /dev/tpmrm0 belongs to (the unit's SupplementaryGroups=tss)."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    conf = root / SYSUSERS_PATH
+    conf.parent.mkdir(parents=True)
+    conf.write_text(agent_files(_with_agent())[SYSUSERS_PATH])
+    tools_chroot.run(["systemd-sysusers", f"--root={root}", str(conf)], binds=[tmp_path])
+    groups = {line.split(":")[0] for line in (root / "etc/group").read_text().splitlines()}
+    assert "tss" in groups
+    unit = parse_unit(agent_files(_with_agent())[UNIT_PATH])
+    assert unit.get("Service", "SupplementaryGroups") == "tss"

@@ -42,7 +42,7 @@ from .conftest import vm_config
 
 pytestmark = pytest.mark.vm
 PLACEHOLDER_URL = "http://verifier.invalid:8080"
-WAIT_SECONDS = 300  # per wait in the guest: the first report includes making the AK (TCG)
+WAIT_SECONDS = 150  # per wait in the guest: the first report includes making the AK (TCG)
 
 
 def attest_policy_text() -> str:

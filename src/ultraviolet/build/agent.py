@@ -29,6 +29,12 @@ NETWORK_UNITS = ("systemd-networkd.service", "systemd-resolved.service")
 CONFIG_PATH = "usr/lib/ultraviolet/agent.json"
 UNIT_PATH = f"usr/lib/systemd/system/{AGENT_UNIT}"
 NETWORK_PATH = "usr/lib/systemd/network/80-ultraviolet-wired.network"
+SYSUSERS_PATH = "usr/lib/sysusers.d/ultraviolet-tss.conf"
+# tpm-udev's rules give /dev/tpmrm0 to tss:tss, but its user and group come from a Debian
+# postinst (adduser) into the build's /etc, and a node's /etc is made at first boot, where
+# systemd-sysusers writes passwd/group before the factory copy could: without this the group
+# is unknown on the node and the unit fails with 216/GROUP (seen in the VM).
+SYSUSERS = 'u tss - "TPM software stack" /var/lib/tpm\n'
 SITE_PACKAGES = "usr/lib/python3/dist-packages"
 ENTRY_MODULE = "ultraviolet.node.service"
 POSTINST = "mkosi.postinst.chroot"
@@ -133,6 +139,7 @@ def agent_files(policy: NodePolicy) -> dict[str, str]:
         UNIT_PATH: render_unit(agent_unit()),
         NETWORK_PATH: render_unit(wired_network()),
         CONFIG_PATH: json.dumps(agent_config(policy), indent=2) + "\n",
+        SYSUSERS_PATH: SYSUSERS,
     }
 
 

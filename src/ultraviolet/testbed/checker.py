@@ -73,6 +73,12 @@ attest:*)
     wait_reports 1 "${{early#attest:}}"
     say attest-first "$(cat "$agent_report" 2>/dev/null)"
     say attest-first-uptime "$(cut -d' ' -f1 /proc/uptime)"
+    say agent-unit-first "$(systemctl show -p ActiveState -p SubState -p NRestarts \
+        -p ConditionResult -p UnitFileState ultraviolet-agent.service | oneline)"
+    say agent-log-first "$(journalctl -b -q -u ultraviolet-agent.service -o cat | tail -n 15 \
+        | oneline)"
+    say network "$(networkctl --no-legend --no-pager 2>&1 | oneline) \
+        $(ip -4 -o addr 2>&1 | oneline) $(ls -l /dev/tpmrm0 2>&1)"
     ;;
 esac
 /usr/bin/true; say exec-usr "$?"
