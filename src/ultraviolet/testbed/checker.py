@@ -77,8 +77,8 @@ attest:*)
         -p ConditionResult -p UnitFileState ultraviolet-agent.service | oneline)"
     say agent-log-first "$(journalctl -b -q -u ultraviolet-agent.service -o cat | tail -n 15 \
         | oneline)"
-    say network "$(networkctl --no-legend --no-pager 2>&1 | oneline) \
-        $(ip -4 -o addr 2>&1 | oneline) $(ls -l /dev/tpmrm0 2>&1)"
+    say network "$(networkctl --no-legend --no-pager 2>&1 | oneline)"
+    say tpm-device "$(ls -ln /dev/tpmrm0 2>&1)"
     ;;
 esac
 /usr/bin/true; say exec-usr "$?"
