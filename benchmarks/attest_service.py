@@ -71,7 +71,7 @@ from ultraviolet.formats.tpm import (
     parse_public_2b,
 )
 from ultraviolet.formats.tpmcredential import ALG_AES, ALG_CFB, activate_credential
-from ultraviolet.testbed.pgserver import PostgresServer
+from ultraviolet.testbed.pgserver import PostgresServer, postgres_bindir
 from ultraviolet.tools import Spawned, spawn_host
 
 SERVICE_PCRS = (4, 7, 11)  # `uvctl attest serve`'s default --pcrs
@@ -356,7 +356,12 @@ def main() -> int:
         parser.error(f"--nodes must be 1-{MAX_NODES} (one client thread each)")
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
-    backends = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
+    backends: tuple[str, ...] = ("sqlite", "postgresql")
+    if args.database != "both":
+        backends = (args.database,)
+    if "postgresql" in backends and postgres_bindir() is None:
+        print("PostgreSQL is not installed (scripts/bootstrap installs it): measured without it")
+        backends = tuple(backend for backend in backends if backend != "postgresql")
     nodes, release = fleet(args.nodes)
     accepted = accept_references([release.reference], SERVICE_PCRS)
     reference = in_process_seconds(nodes, accepted)
