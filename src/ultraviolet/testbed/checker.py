@@ -55,8 +55,9 @@ say ipe-enforce "$(cat /sys/kernel/security/ipe/enforce 2>/dev/null)"
 for policy in /sys/kernel/security/ipe/policies/*; do
     [ -d "$policy" ] && say ipe-policy "$(basename "$policy") active=$(cat "$policy/active")"
 done
-# attest:SECONDS: the node agent's first accepted report comes before the IPE denials below,
-# so that the verifier sees the node trusted, then the denials (see the case at the end).
+# attest:SECONDS: the node agent's reports come before the IPE denials below, so that the
+# verifier sees the node trusted, then the denials (see the case at the end). Two reports: the
+# first also carries whatever IPE denied during boot, the second only what came after it.
 agent_report=/var/lib/ultraviolet/agent/last-report.json
 agent_reports() {{ sed -n 's/.*"reports": \\([0-9]*\\).*/\\1/p' "$agent_report" 2>/dev/null; }}
 wait_reports() {{  # until the agent has made $1 accepted reports, at most $2 seconds
@@ -70,9 +71,9 @@ wait_reports() {{  # until the agent has made $1 accepted reports, at most $2 se
 early=$(cat /run/credentials/@system/{ACTION_CREDENTIAL} 2>/dev/null)
 case "$early" in
 attest:*)
-    wait_reports 1 "${{early#attest:}}"
-    say attest-first "$(cat "$agent_report" 2>/dev/null)"
-    say attest-first-uptime "$(cut -d' ' -f1 /proc/uptime)"
+    wait_reports 2 "${{early#attest:}}"
+    say attest-before-denials "$(cat "$agent_report" 2>/dev/null)"
+    say attest-uptime "$(cut -d' ' -f1 /proc/uptime)"
     say agent-unit-first "$(systemctl show -p ActiveState -p SubState -p NRestarts \
         -p ConditionResult -p UnitFileState ultraviolet-agent.service | oneline)"
     say agent-log-first "$(journalctl -b -q -u ultraviolet-agent.service -o cat | tail -n 15 \
@@ -145,10 +146,17 @@ bench)
     done
     ;;
 attest:*)
-    # Two more reports: the one under way when the copies were denied may predate them.
-    first=$(agent_reports)
-    wait_reports "$(( ${{first:-0}} + 2 ))" "${{action#attest:}}"
-    say attest-after-denial "$(cat "$agent_report" 2>/dev/null)"
+    # Each report until two more were made (the one under way when the copies were denied may
+    # predate them), as the agent records them.
+    seen=$(agent_reports); target=$(( ${{seen:-0}} + 2 )); i=0
+    while [ "$i" -lt "${{action#attest:}}" ]; do
+        now=$(agent_reports)
+        if [ "${{now:-0}}" != "${{seen:-0}}" ]; then
+            seen=$now; say attest-report "$(cat "$agent_report" 2>/dev/null)"
+        fi
+        [ "${{now:-0}}" -ge "$target" ] && break
+        sleep 1; i=$((i + 1))
+    done
     say agent-unit "$(systemctl show -p ActiveState -p SubState -p NRestarts \
         ultraviolet-agent.service | oneline)"
     say agent-log "$(journalctl -b -q -u ultraviolet-agent.service -o cat | tail -n 15 | oneline)"
