@@ -42,15 +42,26 @@ def replay(digests: Sequence[bytes], bank: str = "sha256", start: bytes | None =
     return value
 
 
-def uki_measurements(sections: Mapping[str, UkiSection], bank: str = "sha256") -> list[bytes]:
-    """The digests systemd-stub extends into PCR 11 for these sections, in order."""
+def uki_measurements(
+    sections: Mapping[str, UkiSection],
+    bank: str = "sha256",
+    cache: dict[int, bytes] | None = None,
+) -> list[bytes]:
+    """The digests systemd-stub extends into PCR 11 for these sections, in order. `cache`
+    (section file offset -> digest) lets the profiles of one UKI share their base sections'
+    digests: the kernel and initrd are most of a UKI's bytes."""
     digests = []
     for name in SECTION_ORDER:
         section = sections.get(name)
         if section is None or name in UNMEASURED or not section.data:
             continue
         digests.append(hashlib.new(bank, name.encode() + b"\0").digest())
-        digests.append(hashlib.new(bank, section.data).digest())
+        digest = None if cache is None else cache.get(section.offset)
+        if digest is None:
+            digest = hashlib.new(bank, section.data).digest()
+            if cache is not None:
+                cache[section.offset] = digest
+        digests.append(digest)
     return digests
 
 
@@ -59,7 +70,11 @@ def phase_paths() -> list[str]:
 
 
 def predict_pcr11(
-    uki: Uki, *, profile: int | None = None, bank: str = "sha256"
+    uki: Uki,
+    *,
+    profile: int | None = None,
+    bank: str = "sha256",
+    cache: dict[int, bytes] | None = None,
 ) -> dict[str, bytes]:
     """PCR 11 after each boot phase: {"enter-initrd": ..., "enter-initrd:leave-initrd": ...}."""
     if profile is None:
@@ -68,7 +83,7 @@ def predict_pcr11(
         sections = uki.profiles[profile].sections
     else:
         raise PcrError("UKI profile", f"no profile {profile}; the UKI has {len(uki.profiles)}")
-    value = replay(uki_measurements(sections, bank), bank)
+    value = replay(uki_measurements(sections, bank, cache), bank)
     result = {}
     for path, word in zip(phase_paths(), BOOT_PHASES, strict=True):
         value = extend(value, hashlib.new(bank, word.encode()).digest(), bank)
@@ -79,8 +94,9 @@ def predict_pcr11(
 def predicted_pcr11(uki: Uki, bank: str = "sha256") -> dict[str, dict[str, bytes]]:
     """PCR 11 per boot phase for the base UKI ("main") and each profile (by its ID= or
     "profile-N"): what a node booting that entry shows, and what reference.json records."""
-    profiles = {"main": predict_pcr11(uki, bank=bank)}
+    cache: dict[int, bytes] = {}
+    profiles = {"main": predict_pcr11(uki, bank=bank, cache=cache)}
     for profile in uki.profiles:
         key = profile.id or f"profile-{profile.number}"
-        profiles[key] = predict_pcr11(uki, profile=profile.number, bank=bank)
+        profiles[key] = predict_pcr11(uki, profile=profile.number, bank=bank, cache=cache)
     return profiles
