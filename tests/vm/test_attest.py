@@ -7,9 +7,10 @@ One boot of the example policy with `[attestation] verifier_url` set (to a place
 test's URL, http://10.0.2.2:PORT, comes in as the `ultraviolet.verifier-url` credential, as a
 fleet would give each site its verifier). The EK is approved the way an operator would from
 manufacturing records: its fingerprint read from the TPM before the node first boots. The
-checker (action attest:SECONDS) waits for the agent's first accepted report, then makes its
-IPE denials (copies of /usr/bin/true run from writable mounts), then waits for two more reports
-and prints the verifier's answers before powering off.
+checker (action attest:SECONDS) waits for the agent's second accepted report (the first also
+carries what IPE denied during boot: see docs/attest-agent.md), then makes its IPE denials
+(copies of /usr/bin/true run from writable mounts), then prints each report until two more
+were made, and powers off.
 """
 
 from __future__ import annotations
