@@ -1,17 +1,6 @@
-"""OpenPGP (RFC 4880, v4 packets): the subset systemd-sysupdate's `Verify=yes` needs.
-
-systemd-pull checks SHA256SUMS against the detached signature SHA256SUMS.gpg with gpg and the
-keyring /etc/systemd/import-pubring.gpg or /usr/lib/systemd/import-pubring.gpg. This module
-writes both from pyca/cryptography keys (a binary transferable public key: key packet, user ID,
-positive self-certification; a binary document signature packet) and reads them back, so that
-neither building nor checking an update needs gpg. RSA (algorithm 1) and Ed25519 (EdDSA legacy,
-algorithm 22) primary keys are supported; signatures are written with SHA-256.
-
-Verification uses only primary keys of the keyring (a signature by a subkey is reported, not
-checked) and rejects a key that carries a valid key revocation signature; key and signature
-expiry are not evaluated. Every signature packet of a detached signature must verify, as gpg
-requires.
-"""
+"""OpenPGP v4 packets: key packets, user IDs, signature packets and their subpackets, written
+from pyca/cryptography keys and read back (the module docstring of formats.openpgp says which
+subset and why)."""
 
 from __future__ import annotations
 
