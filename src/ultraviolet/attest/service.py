@@ -36,7 +36,7 @@ from ultraviolet.attest.store import (
     utcnow,
 )
 from ultraviolet.errors import UltravioletError
-from ultraviolet.formats.evidence import Evidence, EvidenceError, parse_evidence
+from ultraviolet.formats.evidence import Evidence, EvidenceError, evidence_from_document
 from ultraviolet.formats.reference import parse_reference
 from ultraviolet.formats.tpm import PublicArea, parse_public_2b
 
@@ -213,7 +213,7 @@ class Verifier:
 
     def _appraise(self, node: Node, nonce: bytes, document: Mapping[str, Any]) -> Appraisal:
         try:
-            evidence = parse_evidence(json.dumps(document).encode())
+            evidence = evidence_from_document(document)
         except EvidenceError as exc:
             return Appraisal((Finding(FindingId.EVIDENCE_FORMAT, Severity.FAIL, str(exc)),))
         try:
