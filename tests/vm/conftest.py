@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 
 from ultraviolet.build.keyset import KeySet
+from ultraviolet.build.node import BuildResult, build_cached_node, example_policy_path
+from ultraviolet.policy import load_policy, parse_policy
 from ultraviolet.testbed.accel import ProbeResult, choose_accelerator
+from ultraviolet.testbed.checker import checker_smbios
+from ultraviolet.testbed.releasedisk import release_disk
 from ultraviolet.testbed.vm import OVMF_CODE, OVMF_VARS, VmConfig
 from ultraviolet.tools import ToolsChroot
 
@@ -32,3 +36,30 @@ def vm_config(image: Path, keys: KeySet, accelerator: str, **options: Any) -> Vm
         accelerator=accelerator,
         **options,
     )
+
+
+def example_releases(*edits: tuple[str, str]) -> tuple[BuildResult, BuildResult, KeySet]:
+    """Version 1.0.0 of the example policy and a 1.0.1 signed with the same keys, whose policy
+    text is further changed by the (old, new) `edits`."""
+    example = example_policy_path()
+    old, keys = build_cached_node(load_policy(example))
+    text = example.read_text().replace('version = "1.0.0"', 'version = "1.0.1"')
+    for before, after in edits:
+        assert before in text, before
+        text = text.replace(before, after)
+    new, _ = build_cached_node(parse_policy(text, source=str(example)), keys=keys.directory)
+    return old, new, keys
+
+
+def update_vm(
+    releases: tuple[BuildResult, BuildResult, KeySet],
+    accelerator: str,
+    work: Path,
+    chroot: ToolsChroot,
+    **options: Any,
+) -> VmConfig:
+    """A VM of the old image whose checker installs the new release from a read-only disk."""
+    old, new, keys = releases
+    disk = release_disk(new.release, "container-host_1.0.1", work / "release.erofs", chroot)
+    smbios = tuple(checker_smbios("update"))
+    return vm_config(old.image, keys, accelerator, smbios=smbios, extra_disks=(disk,), **options)

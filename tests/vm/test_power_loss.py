@@ -9,14 +9,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from ultraviolet.build.node import build_cached_node, example_policy_path
-from ultraviolet.policy import load_policy, parse_policy
 from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
-from ultraviolet.testbed.releasedisk import release_disk
 from ultraviolet.testbed.vm import BootResult, boot, boot_again
 from ultraviolet.tools import ToolsChroot
 
-from .conftest import vm_config
+from .conftest import example_releases, update_vm
 
 pytestmark = pytest.mark.vm
 
@@ -38,18 +35,12 @@ class PowerLossRun:
 def power_loss_run(
     tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
 ) -> PowerLossRun:
-    example = example_policy_path()
-    old, keys = build_cached_node(load_policy(example))
-    text = example.read_text().replace('version = "1.0.0"', 'version = "1.0.1"')
-    new, _ = build_cached_node(parse_policy(text, source=str(example)), keys=keys.directory)
     work = tmp_path_factory.mktemp("power-loss")
-    disk = release_disk(new.release, "container-host_1.0.1", work / "release.erofs", tools_chroot)
-    update = vm_config(
-        old.image,
-        keys,
+    update = update_vm(
+        example_releases(),
         accelerator,
-        smbios=tuple(checker_smbios("update")),
-        extra_disks=(disk,),
+        work,
+        tools_chroot,
         settle=CUT_AFTER,  # then the VM is killed: no shutdown, no sync
         timeout=900,
     )

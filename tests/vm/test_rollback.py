@@ -13,14 +13,12 @@ import pytest
 
 from ultraviolet.build.health import FAILURE_MESSAGE
 from ultraviolet.build.keyset import KeySet
-from ultraviolet.build.node import BuildResult, build_cached_node, example_policy_path
-from ultraviolet.policy import load_policy, parse_policy
+from ultraviolet.build.node import BuildResult
 from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
-from ultraviolet.testbed.releasedisk import release_disk
 from ultraviolet.testbed.vm import BootResult, boot, boot_again
 from ultraviolet.tools import ToolsChroot
 
-from .conftest import vm_config
+from .conftest import example_releases, update_vm
 
 pytestmark = pytest.mark.vm
 
@@ -38,13 +36,7 @@ class RollbackRun:
 
 @pytest.fixture(scope="module")
 def releases(tools_chroot: ToolsChroot) -> tuple[BuildResult, BuildResult, KeySet]:
-    example = example_policy_path()
-    old, keys = build_cached_node(load_policy(example))
-    text = example.read_text().replace('version = "1.0.0"', 'version = "1.0.1"')
-    text = text.replace("tries = 3\n", 'tries = 3\nhealth_checks = ["/usr/bin/false"]\n')
-    assert "/usr/bin/false" in text
-    bad, _ = build_cached_node(parse_policy(text, source=str(example)), keys=keys.directory)
-    return old, bad, keys
+    return example_releases(("tries = 3\n", 'tries = 3\nhealth_checks = ["/usr/bin/false"]\n'))
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +46,8 @@ def rollback_run(
     tmp_path_factory: pytest.TempPathFactory,
     accelerator: str,
 ) -> RollbackRun:
-    old, bad, keys = releases
     work = tmp_path_factory.mktemp("rollback")
-    disk = release_disk(bad.release, "container-host_1.0.1", work / "release.erofs", tools_chroot)
-    config = vm_config(
-        old.image,
-        keys,
-        accelerator,
-        smbios=tuple(checker_smbios("update")),
-        extra_disks=(disk,),
-        settle=120,
-        timeout=900,
-    )
+    config = update_vm(releases, accelerator, work, tools_chroot, settle=120, timeout=900)
     machine = work / "machine"
     first = boot(config, DONE, machine, tools_chroot)
     assert first.ok, first.explain()

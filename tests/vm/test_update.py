@@ -13,16 +13,14 @@ from pathlib import Path
 import pytest
 
 from ultraviolet.build.keyset import KeySet
-from ultraviolet.build.node import BuildResult, build_cached_node, example_policy_path
+from ultraviolet.build.node import BuildResult
 from ultraviolet.formats.gpt import parse_gpt, root_hash_partition_uuids
 from ultraviolet.formats.reference import Reference, parse_reference
-from ultraviolet.policy import load_policy, parse_policy
 from ultraviolet.testbed.checker import END_MARKER, GuestReport, checker_smbios, parse_report
-from ultraviolet.testbed.releasedisk import release_disk
 from ultraviolet.testbed.vm import boot, boot_again
 from ultraviolet.tools import ToolsChroot
 
-from .conftest import vm_config
+from .conftest import example_releases, update_vm
 
 pytestmark = pytest.mark.vm
 
@@ -41,11 +39,7 @@ class UpdateRun:
 
 @pytest.fixture(scope="module")
 def releases(tools_chroot: ToolsChroot) -> tuple[BuildResult, BuildResult, KeySet]:
-    example = example_policy_path()
-    old, keys = build_cached_node(load_policy(example))
-    text = example.read_text().replace('version = "1.0.0"', 'version = "1.0.1"')
-    new, _ = build_cached_node(parse_policy(text, source=str(example)), keys=keys.directory)
-    return old, new, keys
+    return example_releases()
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +49,9 @@ def update_run(
     tmp_path_factory: pytest.TempPathFactory,
     accelerator: str,
 ) -> UpdateRun:
-    old, new, keys = releases
+    old, new, _ = releases
     work = tmp_path_factory.mktemp("update")
-    disk = release_disk(new.release, "container-host_1.0.1", work / "release.erofs", tools_chroot)
-    config = vm_config(
-        old.image,
-        keys,
-        accelerator,
-        smbios=tuple(checker_smbios("update")),
-        extra_disks=(disk,),
-        settle=120,
-        timeout=900,
-    )
+    config = update_vm(releases, accelerator, work, tools_chroot, settle=120, timeout=900)
     machine = work / "machine"
     first = boot(config, DONE, machine, tools_chroot)
     assert first.ok, first.explain()
