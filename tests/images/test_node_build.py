@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from ultraviolet.build.keyset import KeySet
-from ultraviolet.build.node import BuildResult, build_cached_node
+from ultraviolet.build.node import BuildResult, build_cached_node, cached_build_location
 from ultraviolet.cli import main
 from ultraviolet.formats import openpgp
 from ultraviolet.formats.gpt import root_hash_partition_uuids
@@ -194,6 +195,12 @@ def test_policy_only_change_reuses_usr_and_resigns_the_uki(
     changed = changed.replace('ipe_mode = "enforce"', 'ipe_mode = "audit"')
     assert changed.count("loglevel=4") == 1 and 'ipe_mode = "audit"' in changed
     variant = parse_policy(changed, source=str(EXAMPLE))
+    # The cache outlives a test run: an earlier run's release of this variant must not turn
+    # the re-signing under test into a cache hit.
+    where = cached_build_location(variant)
+    assert where.output == cached_build_location(parse_policy(text, source=str(EXAMPLE))).output
+    where.marker.unlink(missing_ok=True)
+    shutil.rmtree(where.release, ignore_errors=True)
     lines: list[str] = []
     rebuilt, _ = build_cached_node(variant, progress=lines.append)
     assert any(line.startswith("reused the mkosi build") for line in lines), lines

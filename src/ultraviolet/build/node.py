@@ -164,6 +164,33 @@ def example_policy_path(name: str = "container-host") -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class CachedBuild:
+    """Where build_cached_node keeps a policy's build: `output` is the mkosi build shared by
+    every policy with the same mkosi tree and keys, `release` this policy's release in it, and
+    `marker` exists once that release is complete."""
+
+    output: Path
+    release: Path
+    marker: Path
+    keys: Path
+
+
+def cached_build_location(policy: NodePolicy, keys: Path | None = None) -> CachedBuild:
+    with tempfile.TemporaryDirectory(prefix="uv-render-") as probe:
+        digest = tree_digest(render_tree(policy, Path(probe) / "tree").directory)[:16]
+    name = f"{policy.image.name}-{digest}"
+    if keys is not None:
+        name += "-k" + hashlib.sha256(load_keys(keys).certificate_pem("db")).hexdigest()[:8]
+    output = cache_dir() / "node-builds" / f"{name}-p{PIPELINE_VERSION}"
+    return CachedBuild(
+        output,
+        output / f"release-{policy.digest[:16]}",
+        output / f".complete-{policy.digest[:16]}",
+        keys or output / "keys",
+    )
+
+
 def build_cached_node(
     policy: NodePolicy,
     *,
@@ -175,25 +202,18 @@ def build_cached_node(
     policies differing only in what the UKI carries share the mkosi build, with one release
     per node policy. Keys are generated there unless `keys` names a key set (the next version
     of a release must be signed by the same keys). The demo and the build tests share it."""
-    with tempfile.TemporaryDirectory(prefix="uv-render-") as probe:
-        digest = tree_digest(render_tree(policy, Path(probe) / "tree").directory)[:16]
-    name = f"{policy.image.name}-{digest}"
-    if keys is not None:
-        name += "-k" + hashlib.sha256(load_keys(keys).certificate_pem("db")).hexdigest()[:8]
-    output = cache_dir() / "node-builds" / f"{name}-p{PIPELINE_VERSION}"
-    release = output / f"release-{policy.digest[:16]}"
-    done = output / f".complete-{policy.digest[:16]}"
+    where = cached_build_location(policy, keys)
     if rebuild:
-        shutil.rmtree(output, ignore_errors=True)
-    key_directory = keys or output / "keys"
-    if not key_directory.exists():
-        init_keys(key_directory)
-    key_set = load_keys(key_directory)
-    if not done.exists():
-        result = build_node(policy, output, key_set, release=release, progress=progress)
-        done.write_text("ok\n")
+        shutil.rmtree(where.output, ignore_errors=True)
+    if not where.keys.exists():
+        init_keys(where.keys)
+    key_set = load_keys(where.keys)
+    if not where.marker.exists():
+        result = build_node(policy, where.output, key_set, release=where.release, progress=progress)
+        where.marker.write_text("ok\n")
         return result, key_set
     stem = f"{policy.image.name}_{policy.image.version}"
+    release = where.release
     result = BuildResult(
         release, release / f"{stem}.raw", release / f"{stem}.efi", release / "reference.json"
     )
