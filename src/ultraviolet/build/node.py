@@ -191,6 +191,14 @@ def cached_build_location(policy: NodePolicy, keys: Path | None = None) -> Cache
     )
 
 
+def _forget_other_pipelines(builds: Path) -> None:
+    # Builds of an older pipeline are never used again; a cache kept across versions (CI
+    # keeps one) would otherwise grow by gigabytes with every change of the pipeline.
+    for stale in builds.glob("*-p*"):
+        if stale.is_dir() and not stale.name.endswith(f"-p{PIPELINE_VERSION}"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def build_cached_node(
     policy: NodePolicy,
     *,
@@ -209,6 +217,7 @@ def build_cached_node(
         init_keys(where.keys)
     key_set = load_keys(where.keys)
     if not where.marker.exists():
+        _forget_other_pipelines(where.output.parent)
         result = build_node(policy, where.output, key_set, release=where.release, progress=progress)
         where.marker.write_text("ok\n")
         return result, key_set
