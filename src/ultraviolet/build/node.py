@@ -18,6 +18,7 @@ from pathlib import Path
 from ultraviolet.build.initrd import initrd_extension
 from ultraviolet.build.keyset import KeySet, init_keys, load_keys
 from ultraviolet.build.mkosi import MkosiOutputs, run_mkosi_reusing, tree_digest
+from ultraviolet.build.packages import check_package_set_ids
 from ultraviolet.build.release import (
     SPLIT_SUFFIXES,
     FileDigests,
@@ -62,6 +63,8 @@ def build_node(
     say = progress or (lambda line: None)
     say(f"rendering the mkosi tree for {policy.image.name} {policy.image.version}")
     rendered = render_tree(policy, output / "tree")
+    say("resolving the packages mkosi will install: set-id files need integrity.suid_allow")
+    check_package_set_ids(policy, rendered.directory)
     if policy.update.source:
         # The key systemd-sysupdate (systemd-pull) checks SHA256SUMS.gpg against.
         pubring = rendered.directory / "mkosi.extra" / PUBRING
