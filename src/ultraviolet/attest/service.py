@@ -121,7 +121,7 @@ class Verifier:
         fingerprint = ek_fingerprint(ek)
         now = self.clock()
         with self.store.session.begin() as session:
-            self.ek_policy.check(session, fingerprint, ek_certificate)
+            self.ek_policy.check(session, fingerprint, ek_certificate, now)
             node = session.get(Node, node_id)
             if node is not None and node.ek_fingerprint != fingerprint:
                 raise Conflict("enrol.node-exists", f"node {node_id} is enrolled with another EK")

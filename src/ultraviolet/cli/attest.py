@@ -11,6 +11,7 @@ from typing import Any
 from ultraviolet.errors import AttestationError
 
 DEFAULT_LISTEN = "127.0.0.1:8400"
+EK_ACCEPTANCE = ("approved", "certificate", "either")
 
 
 def register(subparsers: Any) -> None:
@@ -59,6 +60,22 @@ def register(subparsers: Any) -> None:
         default=5.0,
         help="seconds between stale checks and alert deliveries (default 5)",
     )
+    serve.add_argument(
+        "--ek-ca",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a trusted TPM-manufacturer CA certificate file (PEM, may hold several, or DER): "
+        "roots and the intermediates that issue EK certificates; repeatable",
+    )
+    serve.add_argument(
+        "--ek-acceptance",
+        choices=EK_ACCEPTANCE,
+        help="how an EK may enrol: 'approved' (its fingerprint via POST /v1/admin/eks; the "
+        "default without --ek-ca), 'certificate' (an EK certificate chaining to --ek-ca) or "
+        "'either' (the default with --ek-ca)",
+    )
     serve.set_defaults(func=serve_command)
 
 
@@ -67,6 +84,25 @@ def _listen(text: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise AttestationError(f"--listen {text!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def ek_policy(args: argparse.Namespace, now: dt.datetime) -> Any:
+    """The EkPolicy of --ek-ca and --ek-acceptance (CA certificates checked at `now`)."""
+    from ultraviolet.attest.ekcert import EkCertificateAuthorities, load_ca_certificates
+    from ultraviolet.attest.enrolment import EkAcceptance, EkPolicy
+
+    default = "either" if args.ek_ca else "approved"
+    acceptance = EkAcceptance(args.ek_acceptance or default)
+    if not args.ek_ca:
+        if acceptance is not EkAcceptance.APPROVED:
+            raise AttestationError(f"--ek-acceptance {acceptance.value} needs --ek-ca")
+        return EkPolicy()
+    if acceptance is EkAcceptance.APPROVED:
+        raise AttestationError(
+            "--ek-ca with --ek-acceptance approved: the certificates would never be used"
+        )
+    certificates = [c for path in args.ek_ca for c in load_ca_certificates(path)]
+    return EkPolicy(acceptance, EkCertificateAuthorities.of(certificates, now))
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -115,6 +151,7 @@ def serve(
         sinks=sinks,
         base_url=args.external_url or f"http://{args.listen}",
     )
+    policy = ek_policy(args, dt.datetime.now(dt.UTC))  # before the database: a bad CA file
     store = Store.open(args.database)  # upgrades the schema to the newest migration
     verifier = Verifier(
         store,
@@ -122,6 +159,7 @@ def serve(
         load_accepted=load_accepted,
         make_challenge=make_challenge,
         config=config,
+        ek_policy=policy,
     )
     metrics = Metrics(store)
     app = create_app(
