@@ -62,7 +62,12 @@ def _assert_scan_is_checked(data: bytes, bank: str) -> bool:
         counts[event.pcr] = counts.get(event.pcr, 0) + 1
     assert scan.event_counts == counts
     for pcr in KEEP:
-        assert scan.kept.get(pcr, []) == [e for e in measured_events if e.pcr == pcr]
+        checked = [e for e in measured_events if e.pcr == pcr]
+        assert scan.events(pcr) == checked
+        # What the verifier reads without making the Event: type, digest in the bank, data.
+        assert [(k[0], k[2], k[3], k[4], k[5]) for k in scan.kept.get(pcr, [])] == [
+            (e.index, e.pcr, e.event_type, e.digests[bank], e.data) for e in checked
+        ]
     assert set(scan.kept) <= set(KEEP)
     return True
 

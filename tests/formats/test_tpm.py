@@ -58,6 +58,7 @@ from ultraviolet.formats.tpm import (
     verify_quote,
     verify_signature,
 )
+from ultraviolet.formats.tpm_structures import _read_quote, _read_quote_fast
 
 WINDOWS = Path("/work/shared/testdata/eventlogs/windows_gcp_shielded_vm.json")
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -473,3 +474,43 @@ def test_mutated_structures_raise_only_tpm_error(
         signature = _sign(RSA_KEY, SEEDS[0])
         with pytest.raises((QuoteVerificationError, TpmError)):
             verify_quote(bytes(data), signature, KEYS["rsassa"][1])
+
+
+def _fast_quote_is_checked(data: bytes) -> bool:
+    """The verifier's quote reader by offsets answers what the checked reader answers, or
+    nothing where the checked reader raises; True if it answered."""
+    fast = _read_quote_fast(data)
+    try:
+        checked = _read_quote(data)
+    except TpmError:
+        assert fast is None
+        return False
+    assert fast == checked
+    return fast is not None
+
+
+@given(NAMES, NAMES, CLOCKS, st.integers(0, 2**64 - 1), SELECTIONS, st.binary(max_size=64))
+def test_quote_fast_path_equals_the_checked_reader(
+    signer: bytes,
+    nonce: bytes,
+    clock: ClockInfo,
+    firmware: int,
+    selections: tuple[PcrSelection, ...],
+    pcr_digest: bytes,
+) -> None:
+    info = QuoteInfo(selections, pcr_digest)
+    attest = Attest(ST_ATTEST_QUOTE, signer, nonce, clock, firmware, info.to_bytes())
+    assert _fast_quote_is_checked(attest.to_bytes())  # a well-formed quote is never left out
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 400),
+)
+def test_quote_fast_path_on_mutated_quotes(mutations: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(SEEDS[0])
+    for offset, value in mutations:
+        data[offset % len(data)] = value
+    _fast_quote_is_checked(bytes(data))
+    _fast_quote_is_checked(bytes(data[:cut]))

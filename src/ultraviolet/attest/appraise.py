@@ -16,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ultraviolet.attest.bootlog import (
+    DRTM_PCRS,
     FirmwareLog,
     KeyDatabase,
     Pcr7Facts,
@@ -51,11 +53,13 @@ from ultraviolet.formats.tpm import (
     verify_signature,
 )
 
-DRTM_PCRS = range(17, 23)  # start as all ones until a dynamic launch resets them
 SECURE_BOOT_VARIABLES = {"PK": "pk", "KEK": "kek", "db": "db"}
 _IPE_ACTION = re.compile(r'rule="[^"]*\baction=(ALLOW|DENY)\b')
 _ID = FindingId
 _ALL = tuple(FindingId)  # in report order (iterating the enum itself is slow)
+_NO_DETAILS: Mapping[str, Any] = MappingProxyType({})
+_SHARED_PASSES = 1024  # a pass message names at most the policy's PCRs or a record count
+_PASSES: dict[tuple[FindingId, str], Finding] = {}
 
 
 def _short(value: bytes) -> str:
@@ -91,7 +95,16 @@ class _Run:
         return severity is Severity.PASS
 
     def passed(self, finding_id: FindingId, message: str, **details: Any) -> bool:
-        return self.record(finding_id, Severity.PASS, message, **details)
+        if details:
+            return self.record(finding_id, Severity.PASS, message, **details)
+        # Most passes say the same thing for every node: share one immutable Finding.
+        finding = _PASSES.get((finding_id, message))
+        if finding is None:
+            finding = Finding(finding_id, Severity.PASS, message, _NO_DETAILS)
+            if len(_PASSES) < _SHARED_PASSES:
+                _PASSES[finding_id, message] = finding
+        self.findings[finding_id] = finding
+        return True
 
     def failed(self, finding_id: FindingId, message: str, **details: Any) -> bool:
         return self.record(finding_id, Severity.FAIL, message, **details)
@@ -296,6 +309,10 @@ def _check_replay(run: _Run) -> bool:
             continue
         if replayed.userspace_error:
             userspace_bad.append(f"{bank}: {replayed.userspace_error}")
+            continue
+        if values.items() <= replayed.every_pcr.items():  # all match (PCR values are public)
+            if bank == BANK:
+                run.replayed.update(values)
             continue
         for pcr, quoted in sorted(values.items()):
             expected = replayed.values.get(pcr) or _initial(pcr, bank)

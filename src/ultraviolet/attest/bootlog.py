@@ -19,11 +19,12 @@ import hmac
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from ultraviolet.errors import FormatError
 from ultraviolet.formats import efivar
+from ultraviolet.formats import pcr as pcr_math
 from ultraviolet.formats.eventlog import (
     EV_EFI_BOOT_SERVICES_APPLICATION,
     EV_EFI_VARIABLE_AUTHORITY,
@@ -42,6 +43,8 @@ from ultraviolet.formats.eventlog_fast import read_userspace_log as read_userspa
 from ultraviolet.formats.eventlog_fast import scan_firmware_log, variable_name_and_value
 
 BANK = "sha256"
+DRTM_PCRS = range(17, 23)  # start as all ones until a dynamic launch resets them
+ALL_PCRS = range(24)
 KEY_DATABASES = ("PK", "KEK", "db")
 CACHED_LOGS = 4096  # per cache; a log's facts take about 3 KB, its replay about 1 KB
 _VARIABLE_EVENTS = frozenset(
@@ -130,6 +133,14 @@ class Replayed:
     userspace_pcrs: frozenset[int]  # PCRs the userspace log extended
     firmware_error: str | None = None
     userspace_error: str | None = None
+    every_pcr: Mapping[int, bytes] = field(default_factory=dict)  # values, else initial value
+
+    @classmethod
+    def of(cls, bank: str, values: Mapping[int, bytes], userspace_pcrs: frozenset[int]) -> Replayed:
+        zero = pcr_math.zero_pcr(bank)
+        every_pcr = {pcr: b"\xff" * len(zero) if pcr in DRTM_PCRS else zero for pcr in ALL_PCRS}
+        every_pcr.update(values)
+        return cls(values, userspace_pcrs, every_pcr=every_pcr)
 
 
 _firmware_logs: _Lru[FirmwareLog] = _Lru(CACHED_LOGS)
@@ -137,9 +148,14 @@ _userspace_logs: _Lru[UserspaceLog] = _Lru(CACHED_LOGS)
 _replays: _Lru[Replayed] = _Lru(CACHED_LOGS)
 
 
-def _covers_data(event: Event) -> bool:
-    digest = event.digests.get(BANK)
-    return digest is not None and hmac.compare_digest(digest, hashlib.sha256(event.data).digest())
+# A measured event of PCR 4 or 7 as the facts are read from it: (index, offset, pcr, event type,
+# its BANK digest or None, data, a handle _Events.event turns into the Event to report).
+_Measured = tuple[int, int, int, int, bytes | None, bytes, Any]
+_ToEvent = Callable[[Any], Event]  # takes the _Measured it was given
+
+
+def _covers_data(digest: bytes | None, data: bytes) -> bool:
+    return digest is not None and hmac.compare_digest(digest, hashlib.sha256(data).digest())
 
 
 def read_firmware_log(data: bytes) -> FirmwareLog:
@@ -151,27 +167,33 @@ def read_firmware_log(data: bytes) -> FirmwareLog:
 def _firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
     scan = scan_firmware_log(data, BANK, (4, 7))
     if scan is not None:  # the common well-formed log, read in one pass
-        counts, by_pcr, replayed = scan.event_counts, scan.kept, scan.replayed
-        return FirmwareLog(
-            key, counts, _pcr4(by_pcr.get(4, [])), _pcr7(by_pcr.get(7, [])), replayed
-        )
+        kept, to_event = scan.kept, scan.event
+        pcr4, pcr7 = _pcr4(kept.get(4, ()), to_event), _pcr7(kept.get(7, ()), to_event)
+        return FirmwareLog(key, scan.event_counts, pcr4, pcr7, scan.replayed)
     return _checked_firmware_facts(key, data)
 
 
 def _checked_firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
     log = parse_event_log(data)
-    by_pcr: dict[int, list[Event]] = {}
-    for event in log.events:
-        if event.event_type != EV_NO_ACTION:
-            by_pcr.setdefault(event.pcr, []).append(event)
+    by_pcr: dict[int, list[_Measured]] = {}
+    for e in log.events:
+        if e.event_type != EV_NO_ACTION:
+            measured = (e.index, e.offset, e.pcr, e.event_type, e.digests.get(BANK), e.data, e)
+            by_pcr.setdefault(e.pcr, []).append(measured)
     replayed: Mapping[int, bytes] | str
     try:
         replayed = replay(log, BANK)
     except FormatError as exc:
         replayed = str(exc)
     counts = {pcr: len(events) for pcr, events in by_pcr.items()}
-    pcr4, pcr7 = _pcr4(by_pcr.get(4, [])), _pcr7(by_pcr.get(7, []))
+    pcr4 = _pcr4(by_pcr.get(4, ()), _the_event)
+    pcr7 = _pcr7(by_pcr.get(7, ()), _the_event)
     return FirmwareLog(key, counts, pcr4, pcr7, replayed)
+
+
+def _the_event(measured: _Measured) -> Event:
+    event: Event = measured[6]
+    return event
 
 
 def read_userspace_log(data: bytes) -> UserspaceLog:
@@ -212,7 +234,7 @@ def _replay_both(
     events = userspace.events
     extended = frozenset(e.pcr for e in events if bank in e.digests and e.pcr is not None)
     try:
-        return Replayed(replay_userspace(events, bank, values), extended)
+        return Replayed.of(bank, replay_userspace(events, bank, values), extended)
     except FormatError as exc:
         return Replayed({}, extended, userspace_error=str(exc))
 
@@ -232,37 +254,38 @@ def cache_statistics() -> dict[str, tuple[int, int]]:
     }
 
 
-def _pcr4(events: Sequence[Event]) -> Pcr4Facts:
-    applications = tuple(
-        e.digests.get(BANK, b"") for e in events if e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION
-    )
-    others = (e for e in events if e.event_type != EV_EFI_BOOT_SERVICES_APPLICATION)
-    return Pcr4Facts(applications, next((e for e in others if not _covers_data(e)), None))
+def _pcr4(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr4Facts:
+    applications = []
+    disguised = None
+    for measured in events:
+        if measured[3] == EV_EFI_BOOT_SERVICES_APPLICATION:
+            applications.append(measured[4] or b"")
+        elif disguised is None and not _covers_data(measured[4], measured[5]):
+            disguised = to_event(measured)
+    return Pcr4Facts(tuple(applications), disguised)
 
 
-def _pcr7(events: Sequence[Event]) -> Pcr7Facts:
-    uncovered = next((e for e in events if not _covers_data(e)), None)
+def _pcr7(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr7Facts:
+    uncovered = None
     variables: dict[str, bytes] = {}
     authorities: list[bytes] = []
-    for event in events:
-        variable = _variable(event)
+    for measured in events:
+        event_type, digest, data = measured[3], measured[4], measured[5]
+        if uncovered is None and not _covers_data(digest, data):
+            uncovered = to_event(measured)
+        if event_type not in _VARIABLE_EVENTS:
+            continue
+        variable = variable_name_and_value(data)  # None: malformed data
         if variable is None:
             continue
         name, value = variable
-        if event.event_type == EV_EFI_VARIABLE_AUTHORITY:
+        if event_type == EV_EFI_VARIABLE_AUTHORITY:
             authorities.append(hashlib.sha256(value[16:]).digest())  # owner GUID, certificate
         else:
             variables.setdefault(name, value)
     databases = {name: _key_database(name, variables.get(name)) for name in KEY_DATABASES}
     secure_boot = variables.get("SecureBoot")
     return Pcr7Facts(uncovered, secure_boot, databases, tuple(authorities))
-
-
-def _variable(event: Event) -> tuple[str, bytes] | None:
-    """(name, value) of a UEFI variable event, None for other events or malformed data."""
-    if event.event_type not in _VARIABLE_EVENTS:
-        return None
-    return variable_name_and_value(event.data)
 
 
 def _key_database(name: str, value: bytes | None) -> KeyDatabase | None:

@@ -16,8 +16,9 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from ultraviolet.errors import FormatError
 from ultraviolet.formats._reader import Reader
@@ -36,6 +37,7 @@ from ultraviolet.formats.eventlog import (
     _RecordLayout,
     userspace_event_of,
 )
+from ultraviolet.formats.eventlog_userspace import _DIGEST_SIZES
 
 _HASHERS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384}
 _HASHERS["sha512"] = hashlib.sha512
@@ -45,14 +47,31 @@ _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _JSON = json.JSONDecoder()
 
 
+# A measured event of a kept PCR as the scan leaves it: (index, offset, pcr, event type, its
+# digest in the scanned bank, data, the record's unpacked head). FirmwareScan.event() makes the
+# Event; the verifier makes one only for an event it reports.
+KeptEvent = tuple[int, int, int, int, bytes, bytes, tuple[Any, ...]]
+
+
 @dataclass(frozen=True)
 class FirmwareScan:
-    """A crypto-agile log as replay sees it, plus the full events of a few PCRs."""
+    """A crypto-agile log as replay sees it, plus the measured events of a few PCRs."""
 
     spec_id: SpecId
     event_counts: dict[int, int]  # PCR -> measured events (EV_NO_ACTION excluded)
     replayed: dict[int, bytes]  # = replay(parse_event_log(data), bank)
-    kept: dict[int, list[Event]]  # PCR -> its measured events, for the PCRs asked for
+    kept: dict[int, list[KeptEvent]]  # PCR -> its measured events, for the PCRs asked for
+    layout: _RecordLayout
+
+    def event(self, kept: KeptEvent) -> Event:
+        """The Event parse_event_log reads for this record."""
+        index, offset, pcr, event_type, _, data, fields = kept
+        digests = {bank: fields[at] for bank, at in self.layout.digest_fields}
+        data_offset = offset + self.layout.head.size
+        return Event(index, offset, data_offset, pcr, event_type, digests, data)
+
+    def events(self, pcr: int) -> list[Event]:
+        return [self.event(kept) for kept in self.kept.get(pcr, [])]
 
 
 def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> FirmwareScan | None:
@@ -65,16 +84,14 @@ def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> Firmware
         return None
     spec_id, layout = header
     field = dict(layout.digest_fields)[bank]
-    extended = _scan_records(data, end, layout, field, frozenset(keep))
-    if extended is None:
+    try:
+        scanned = _scan_records(data, end, layout, field, _HASHERS[bank], frozenset(keep))
+    except struct.error:  # a record head cut short by the end of the log
         return None
-    digests, locality, kept = extended
-    return FirmwareScan(
-        spec_id,
-        {pcr: len(values) for pcr, values in digests.items()},
-        _replay(digests, bank, locality),
-        kept,
-    )
+    if scanned is None:
+        return None
+    counts, replayed, kept = scanned
+    return FirmwareScan(spec_id, counts, replayed, kept, layout)
 
 
 @functools.lru_cache(maxsize=64)
@@ -91,25 +108,31 @@ def _spec_id_and_layout(record: bytes) -> tuple[SpecId, _RecordLayout] | None:
     return spec_id, _RecordLayout.of(spec_id)
 
 
-_Scanned = tuple[dict[int, list[bytes]], int | None, dict[int, list[Event]]]
+_Scanned = tuple[dict[int, int], dict[int, bytes], dict[int, list[KeptEvent]]]
 
 
 def _scan_records(
-    data: bytes, offset: int, layout: _RecordLayout, field: int, keep: frozenset[int]
+    data: bytes,
+    offset: int,
+    layout: _RecordLayout,
+    field: int,
+    hasher: Callable[[bytes], Any],
+    keep: frozenset[int],
 ) -> _Scanned | None:
-    """Each PCR's digests in `field`'s bank, the StartupLocality and the kept events; None at
-    the first record that is not the Spec ID's layout or not a plain StartupLocality."""
+    """Each PCR's event count and replayed value in `field`'s bank, and the kept events; None
+    at the first record that is not the Spec ID's layout or not a plain StartupLocality."""
     end, unpack, head_size = len(data), layout.head.unpack_from, layout.head.size
     algorithms, count = layout.algorithms, len(layout.algorithms)
-    digests: dict[int, list[bytes]] = {}
-    kept: dict[int, list[Event]] = {}
+    zero = bytes(len(hasher(b"").digest()))
+    counts: dict[int, int] = {}
+    values: dict[int, bytes] = {}
+    pcr0: list[bytes] = []  # replayed last: its start depends on the StartupLocality record
+    kept: dict[int, list[KeptEvent]] = {}
     locality: int | None = None
     index = 1
     while offset < end:
+        fields = unpack(data, offset)  # struct.error past the end
         data_offset = offset + head_size
-        if data_offset > end:
-            return None
-        fields = unpack(data, offset)
         stop = data_offset + fields[-1]
         if fields[2] != count or fields[3:-1:2] != algorithms or stop > end:
             return None
@@ -121,39 +144,23 @@ def _scan_records(
                 if locality is None:
                     locality = data[data_offset + 16]
         else:
-            values = digests.get(pcr)
-            if values is None:
-                values = digests[pcr] = []
-            values.append(fields[field])
+            digest = fields[field]
+            counts[pcr] = counts.get(pcr, 0) + 1
+            if pcr:
+                values[pcr] = hasher(values.get(pcr, zero) + digest).digest()
+            else:
+                pcr0.append(digest)
             if pcr in keep:
-                event: Event = object.__new__(Event)  # as eventlog._read_agile_events_fast
-                event.__dict__.update(
-                    index=index,
-                    offset=offset,
-                    data_offset=data_offset,
-                    pcr=pcr,
-                    event_type=event_type,
-                    digests={bank: fields[at] for bank, at in layout.digest_fields},
-                    data=data[data_offset:stop],
-                )
-                kept.setdefault(pcr, []).append(event)
+                record = (index, offset, pcr, event_type, digest, data[data_offset:stop], fields)
+                kept.setdefault(pcr, []).append(record)
         index += 1
         offset = stop
-    return digests, locality, kept
-
-
-def _replay(digests: dict[int, list[bytes]], bank: str, locality: int | None) -> dict[int, bytes]:
-    hasher = _HASHERS[bank]
-    zero = bytes(hasher().digest_size)
-    values = {}
-    for pcr, extends in digests.items():
-        current = zero
-        if pcr == 0 and locality is not None:
-            current = zero[:-1] + bytes([locality])
-        for digest in extends:
+    if pcr0:
+        current = zero if locality is None else zero[:-1] + bytes((locality,))
+        for digest in pcr0:
             current = hasher(current + digest).digest()
-        values[pcr] = current
-    return values
+        values[0] = current
+    return counts, values, kept
 
 
 def variable_name_and_value(data: bytes) -> tuple[str, bytes] | None:
@@ -178,23 +185,121 @@ def read_userspace_log(data: bytes, *, content: bool = True) -> tuple[UserspaceE
     `content`, every event's content is {} (replay reads only the digests)."""
     if not data or data[0] != RECORD_SEPARATOR or not data.isascii() or b"\0" in data:
         return None  # (json.loads of bytes would guess UTF-16/32 from NUL bytes)
+    text = data.decode("ascii")
+    systemd = _systemd_log(text, content)
+    if systemd is not None:
+        return systemd
     events = []
     offset = 0
-    for body in data.decode("ascii").split("\x1e")[1:]:
+    for body in text.split("\x1e")[1:]:
         start, offset = offset, offset + 1 + len(body)
-        at = _JSON_SPACE.match(body).end()  # type: ignore[union-attr]
-        if at == len(body):
-            continue  # RFC 7464: consecutive separators are not empty records
-        if not body.endswith("\n"):
-            return None
-        try:
-            record, after = _JSON.raw_decode(body, at)
-        except (ValueError, RecursionError):
-            return None
-        if _JSON_SPACE.match(body, after).end() != len(body):  # type: ignore[union-attr]
-            return None
-        try:
-            events.append(userspace_event_of(record, start, keep_content=content))
-        except EventLogError:
-            return None
+        event = _systemd_record(body, start, content)
+        if event is None:
+            at = _JSON_SPACE.match(body).end()  # type: ignore[union-attr]
+            if at == len(body):
+                continue  # RFC 7464: consecutive separators are not empty records
+            event = _any_record(body, at, start, content)
+            if event is None:
+                return None
+        events.append(event)
     return tuple(events)
+
+
+def _any_record(body: str, at: int, start: int, content: bool) -> UserspaceEvent | None:
+    if not body.endswith("\n"):
+        return None
+    try:
+        record, after = _JSON.raw_decode(body, at)
+    except (ValueError, RecursionError):
+        return None
+    if _JSON_SPACE.match(body, after).end() != len(body):  # type: ignore[union-attr]
+        return None
+    try:
+        return userspace_event_of(record, start, keep_content=content)
+    except EventLogError:
+        return None
+
+
+# A record as systemd writes it: compact JSON, its members in this order, strings without
+# escapes, up to four digests, and (in a whole log read at once) content of string members.
+_TEXT = r'"[^"\\\x00-\x1f]*"'  # a JSON string without escapes
+_DIGEST_ITEM = r'\{"hashAlg":' + _TEXT + r',"digest":' + _TEXT + r"\}"
+_SYSTEMD_RECORD = re.compile(
+    r'\{"pcr":(0|[1-9][0-9]{0,8}),'
+    rf'"digests":\[({_DIGEST_ITEM}(?:,{_DIGEST_ITEM})*)\],'
+    rf'"content_type":({_TEXT}),"content":'
+)
+_DIGESTS = re.compile(r'\{"hashAlg":"([^"]*)","digest":"([^"]*)"\}')
+_DIGEST_GROUP = r'\{"hashAlg":"([^"\\\x00-\x1f]*)","digest":"([0-9a-f]*)"\}'
+_FLAT_OBJECT = rf"\{{(?:{_TEXT}:{_TEXT}(?:,{_TEXT}:{_TEXT})*)?\}}"
+_SYSTEMD_LOG_RECORD = re.compile(
+    r'\x1e\{"pcr":(0|[1-9][0-9]{0,8}),"digests":\['
+    + _DIGEST_GROUP
+    + rf"(?:,{_DIGEST_GROUP})?" * 3
+    + rf'\],"content_type":"([^"\\\x00-\x1f]*)","content":({_FLAT_OBJECT})\}}\n'
+)
+
+
+def _systemd_log(text: str, content: bool) -> tuple[UserspaceEvent, ...] | None:
+    """The events of a log whose every record is in systemd's own form (then each record is
+    one match and json.loads of it the same object), else None."""
+    events = []
+    expected = 0
+    for match in _SYSTEMD_LOG_RECORD.finditer(text):
+        start = match.start()
+        if start != expected:
+            return None
+        expected = match.end()
+        groups = match.groups()
+        digests: dict[str, bytes] = {}
+        for at in range(1, 9, 2):
+            bank, hexadecimal = groups[at], groups[at + 1]
+            if bank is None:
+                break
+            value = bytes.fromhex(hexadecimal) if len(hexadecimal) % 2 == 0 else None
+            if value is None or bank in digests:
+                return None
+            if len(value) != _DIGEST_SIZES.get(bank, len(value)):
+                return None
+            digests[bank] = value
+        event: UserspaceEvent = object.__new__(UserspaceEvent)  # as userspace_event_of
+        event.__dict__.update(
+            offset=start,
+            pcr=int(groups[0]),
+            digests=digests,
+            content_type=groups[9],
+            content=json.loads(groups[10]) if content else {},
+        )
+        events.append(event)
+    return tuple(events) if expected == len(text) else None
+
+
+def _systemd_record(body: str, start: int, content: bool) -> UserspaceEvent | None:
+    """userspace_event_of(json.loads(body)) of a record in systemd's own form, else None."""
+    match = _SYSTEMD_RECORD.match(body)
+    if match is None or not body.endswith("}\n"):
+        return None
+    digests: dict[str, bytes] = {}
+    for bank, text in _DIGESTS.findall(match[2]):
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            return None
+        if bank in digests or len(value) != _DIGEST_SIZES.get(bank, len(value)):
+            return None
+        digests[bank] = value
+    try:
+        members, after = _JSON.raw_decode(body, match.end())
+    except (ValueError, RecursionError):
+        return None
+    if after != len(body) - 2 or not isinstance(members, dict):
+        return None
+    event: UserspaceEvent = object.__new__(UserspaceEvent)  # as userspace_event_of
+    event.__dict__.update(
+        offset=start,
+        pcr=int(match[1]),
+        digests=digests,
+        content_type=match[3][1:-1],
+        content=members if content else {},
+    )
+    return event

@@ -4,6 +4,7 @@ TPMT_SIGNATURE by such a key (TPM 2.0 Library, Part 2). Importable from formats.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -36,6 +37,8 @@ from ultraviolet.formats.tpm_structures import (
     hash_name,
     parse_quote,
 )
+
+_PKCS1V15 = padding.PKCS1v15()
 
 # TPMT_PUBLIC.
 
@@ -141,9 +144,15 @@ def _rsa_key(parameters: RsaParameters) -> rsa.RSAPublicKey:
             "TPMT_PUBLIC",
             f"a {parameters.key_bits}-bit key with a {len(parameters.modulus)}-byte modulus",
         )
-    exponent = parameters.exponent or 65537
+    return _rsa_public_key(parameters.exponent or 65537, parameters.modulus)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rsa_public_key(exponent: int, modulus: bytes) -> rsa.RSAPublicKey:
+    # A verifier checks the quotes of the same enrolled AKs over and over: making the key
+    # object (and OpenSSL's checks of it) once per AK is a tenth of a quote's verification.
     try:
-        return rsa.RSAPublicNumbers(exponent, int.from_bytes(parameters.modulus)).public_key()
+        return rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus)).public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise TpmError("TPMT_PUBLIC", f"not a usable RSA key: {exc}") from exc
 
@@ -245,7 +254,7 @@ def verify_signature(message: bytes, signature: Signature, public: PublicArea) -
     chosen = HASH_ALGORITHMS[signature.hash_alg][2]()
     try:
         if isinstance(key, rsa.RSAPublicKey) and signature.scheme == ALG_RSASSA:
-            key.verify(signature.rsa, message, padding.PKCS1v15(), chosen)
+            key.verify(signature.rsa, message, _PKCS1V15, chosen)
         elif isinstance(key, rsa.RSAPublicKey) and signature.scheme == ALG_RSAPSS:
             # TPMs pick the salt length (digest size or maximum): accept what the signature has.
             pss = padding.PSS(mgf=padding.MGF1(chosen), salt_length=padding.PSS.AUTO)

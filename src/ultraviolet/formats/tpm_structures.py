@@ -9,6 +9,8 @@ its name. Parsed structures are frozen dataclasses whose `to_bytes()` gives back
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from ultraviolet.formats._reader import Bytes, Reader
 
 TPM_GENERATED_VALUE = 0xFF544347  # "\xffTCG": only the TPM itself signs data starting so
 ST_ATTEST_QUOTE = 0x8018
+_QUOTE_HEAD = bytes.fromhex("ff5443478018")  # magic, type quote
 ST_ATTEST_NAMES = {
     0x8014: "nv",
     0x8015: "command-audit",
@@ -55,6 +58,7 @@ HASH_ALGORITHMS: dict[int, tuple[str, int, type[hashes.HashAlgorithm]]] = {
     0x0028: ("sha3_384", 48, hashes.SHA3_384),
     0x0029: ("sha3_512", 64, hashes.SHA3_512),
 }
+_HASHLIB = frozenset({"sha1", "sha256", "sha384", "sha512"})
 _HASH_IDS = {name: alg for alg, (name, _, _) in HASH_ALGORITHMS.items()}
 # TPM_ECC_CURVE -> (curve, coordinate size in bytes)
 ECC_CURVES: dict[int, tuple[type[ec.EllipticCurve], int]] = {
@@ -113,6 +117,8 @@ def hash_id(name: str) -> int:
 
 def digest(name: str, data: bytes) -> bytes:
     """H_name(data) for a TPM hash algorithm name."""
+    if name in _HASHLIB:  # the same digest, without a cryptography Hash object per call
+        return hashlib.new(name, data).digest()
     try:
         hasher = hashes.Hash(HASH_ALGORITHMS[hash_id(name)][2]())
     except UnsupportedAlgorithm as exc:
@@ -176,6 +182,7 @@ def pcr_bitmap(pcrs: Iterable[int], size_of_select: int = 3) -> bytes:
     return bytes(bitmap)
 
 
+@functools.lru_cache(maxsize=256)
 def pcr_indices(bitmap: bytes) -> tuple[int, ...]:
     return tuple(n for n in range(8 * len(bitmap)) if bitmap[n // 8] >> (n % 8) & 1)
 
@@ -361,6 +368,48 @@ class Quote:
 
 
 def parse_quote(data: Bytes) -> Quote:
+    quote = _read_quote_fast(data) if isinstance(data, bytes) else None
+    return quote if quote is not None else _read_quote(data)
+
+
+_QUOTE_TAIL = struct.Struct(">QIIBQI")  # clockInfo, firmwareVersion, the selection count
+
+
+def _read_quote_fast(data: bytes) -> Quote | None:
+    """parse_quote of a well-formed quote read by offsets, or None (then the checked reader
+    says what is wrong): the verifier reads a quote per evidence."""
+    end = len(data)
+    if end < 10 or data[:6] != _QUOTE_HEAD:
+        return None
+    signer_end = 8 + int.from_bytes(data[6:8])
+    extra_end = signer_end + 2 + int.from_bytes(data[signer_end : signer_end + 2])
+    at = extra_end + _QUOTE_TAIL.size
+    if at > end:
+        return None
+    clock, resets, restarts, safe, firmware, count = _QUOTE_TAIL.unpack_from(data, extra_end)
+    if safe > 1 or count > MAX_PCR_SELECTIONS:
+        return None
+    selections = []
+    for _ in range(count):
+        if at + 3 > end:
+            return None
+        alg, size = int.from_bytes(data[at : at + 2]), data[at + 2]
+        at += 3 + size
+        if alg not in HASH_ALGORITHMS or size > MAX_SIZE_OF_SELECT or at > end:
+            return None
+        selections.append(
+            PcrSelection(HASH_ALGORITHMS[alg][0], pcr_indices(data[at - size : at]), size)
+        )
+    if at + 2 > end or at + 2 + int.from_bytes(data[at : at + 2]) != end:
+        return None
+    clock_info = ClockInfo(clock, resets, restarts, bool(safe))
+    signer, extra = data[8:signer_end], data[signer_end + 2 : extra_end]
+    attested = data[extra_end + 25 :]
+    attest = Attest(ST_ATTEST_QUOTE, signer, extra, clock_info, firmware, attested)
+    return Quote(attest, QuoteInfo(tuple(selections), data[at + 2 :]))
+
+
+def _read_quote(data: Bytes) -> Quote:
     attest = parse_attest(data)
     if attest.type != ST_ATTEST_QUOTE:
         raise TpmError("TPMS_ATTEST", f"not a quote but a {attest.type_name} attestation", 4)
