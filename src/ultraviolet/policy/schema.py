@@ -293,7 +293,8 @@ FIELDS: tuple[Field, ...] = (
         "suid_allow",
         Kind.STRING_LIST,
         [],
-        "Paths in /usr allowed to keep SUID/SGID bits (the build fails on any other).",
+        "Paths in /usr allowed to keep SUID/SGID bits: a package of image.packages installing "
+        "any other fails the build before mkosi runs; the base system's are stripped.",
         check=_ABS_PATH,
     ),
     Field(
