@@ -134,21 +134,6 @@ def _cpu() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def _shell_hop(runs: int = 50) -> float:
-    """CPU seconds that the /bin/sh wrapper in front of tpm2_eventlog adds to each run (see
-    keylime_compare.py: it starts the tools chroot's tpm2-tools with that chroot's loader)."""
-    import subprocess
-
-    def cost(argv: list[str]) -> float:
-        own, children = _cpu()
-        for _ in range(runs):
-            subprocess.run(argv, check=True)
-        own_after, children_after = _cpu()
-        return (own_after - own + children_after - children) / runs
-
-    return cost(["/bin/sh", "-c", 'exec "$0"', "/bin/true"]) - cost(["/bin/true"])
-
-
 def main() -> int:
     job = json.load(sys.stdin)
     _gpg_placeholder()
@@ -203,9 +188,7 @@ def main() -> int:
             total = sample["python"] + sample["tpm2_eventlog"]
             if best is None or total < best["python"] + best["tpm2_eventlog"]:
                 timings[label] = sample
-    json.dump(
-        {"verdicts": verdicts, "bare": bare, "timings": timings, "hop": _shell_hop()}, sys.stdout
-    )
+    json.dump({"verdicts": verdicts, "bare": bare, "timings": timings}, sys.stdout)
     return 0
 
 
