@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ultraviolet.build.factory import FACTORY_ETC, TMPFILES, factory_etc_script, preset_file
+from ultraviolet.build.factory import (
+    FACTORY_ETC,
+    TMPFILES,
+    factory_etc_script,
+    firmware_links_script,
+    preset_file,
+)
 from ultraviolet.build.truths import finalize_script
 from ultraviolet.tools import ToolsChroot
 
@@ -90,3 +96,49 @@ def test_systemd_tmpfiles_restores_etc_into_an_empty_root(
     (etc / "passwd").write_text("changed on the node\n")
     tools_chroot.run(argv, binds=[tmp_path])
     assert (etc / "passwd").read_text() == "changed on the node\n"
+
+
+def _regdb_root(tmp_path: Path) -> Path:
+    """What wireless-regdb leaves in a merged-/usr build root: the files in /usr/lib/firmware,
+    the names the kernel asks for linked through update-alternatives in /etc."""
+    root = tmp_path / "buildroot"
+    firmware = root / "usr" / "lib" / "firmware"
+    firmware.mkdir(parents=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "etc" / "alternatives").mkdir(parents=True)
+    for name in ("regulatory.db", "regulatory.db.p7s"):
+        (firmware / f"{name}-debian").write_bytes(b"signed by debian\n")
+        (root / "etc" / "alternatives" / name).symlink_to(f"/lib/firmware/{name}-debian")
+        (firmware / name).symlink_to(f"/etc/alternatives/{name}")
+    return root
+
+
+def _run_firmware_links(root: Path) -> subprocess.CompletedProcess[str]:
+    script = root.parent / "mkosi.finalize"
+    script.write_text(finalize_script([], []) + firmware_links_script())
+    return subprocess.run(  # as mkosi runs it, with $BUILDROOT
+        [sys.executable, str(script)], env={"BUILDROOT": str(root)}, capture_output=True, text=True
+    )
+
+
+def test_firmware_links_point_into_usr_not_through_etc(tmp_path: Path) -> None:
+    """cfg80211's regulatory.db must be found from /usr alone: a node's /etc is filled by
+    tmpfiles, possibly after systemd-networkd has loaded cfg80211 (then the firmware loader
+    falls back to a load without a file, which IPE denies)."""
+    root = _regdb_root(tmp_path)
+    done = _run_firmware_links(root)
+    assert done.returncode == 0, done.stderr
+    firmware = root / "usr" / "lib" / "firmware"
+    for name in ("regulatory.db", "regulatory.db.p7s"):
+        assert os.readlink(firmware / name) == f"{name}-debian"
+        assert (firmware / name).read_bytes() == b"signed by debian\n"
+    shutil.rmtree(root / "etc")  # a node's /etc before tmpfiles ran
+    assert (firmware / "regulatory.db").is_file()
+
+
+def test_firmware_link_to_a_missing_file_fails_the_build(tmp_path: Path) -> None:
+    root = _regdb_root(tmp_path)
+    (root / "usr" / "lib" / "firmware" / "regulatory.db-debian").unlink()
+    done = _run_firmware_links(root)
+    assert done.returncode != 0
+    assert "cannot pin firmware link" in done.stderr

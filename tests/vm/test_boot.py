@@ -104,6 +104,19 @@ def test_ipe_enforces_and_denies_unsigned_code(first_boot: CheckedBoot) -> None:
         assert any(f'path="{path}"' in a and "ipe_op=EXECUTE" in a for a in audit), audit
 
 
+def test_a_normal_boot_has_no_ipe_denial(first_boot: CheckedBoot) -> None:
+    """Every IPE denial makes the node's next attestation untrusted (ipe.denials), so a normal
+    boot must have none: no FIRMWARE load without a file (cfg80211's regulatory.db, which
+    systemd-networkd's nl80211 lookup loads, comes from the signed /usr), no EXECUTE. Read
+    before the checker provokes its own denials; the full list is printed on failure."""
+    guest = first_boot.guest
+    boot_denials = guest.listed("ipe-audit-boot")
+    assert boot_denials == [], boot_denials
+    assert not any("ipe_op=FIRMWARE" in a for a in guest.listed("ipe-audit")), guest.get(
+        "ipe-audit"
+    )
+
+
 def test_universal_truths_hold(first_boot: CheckedBoot) -> None:
     guest = first_boot.guest
     assert guest.get("setid-in-usr") == ""

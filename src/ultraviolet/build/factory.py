@@ -77,3 +77,31 @@ with open(tmpfiles, "w") as handle:
     handle.write("\\n".join(lines) + "\\n")
 print("ultraviolet: /etc kept as /%s (%d entries)" % ({FACTORY_ETC!r}, len(lines)), file=sys.stderr)
 """
+
+
+def firmware_links_script() -> str:
+    """Python appended to the mkosi finalize script: firmware links that go through
+    /etc/alternatives (wireless-regdb's regulatory.db) point at their file in /usr instead.
+    A node's /etc is filled from the factory copy by tmpfiles, which can run after the
+    firmware is asked for (systemd-networkd starts early), and /etc is not what decides which
+    firmware the kernel loads: the signed /usr is."""
+    return """
+# Rendered by Ultraviolet: /usr/lib/firmware needs no /etc.
+firmware = os.path.join(root, "usr/lib/firmware")
+for directory, _, names in os.walk(firmware):
+    for name in names:
+        link = os.path.join(directory, name)
+        target = os.readlink(link) if os.path.islink(link) else ""
+        if not target.startswith("/etc/alternatives/"):
+            continue
+        chosen = os.readlink(os.path.join(root, target.lstrip("/")))
+        relative = chosen.lstrip("/")
+        if relative.startswith("lib/"):  # merged /usr: /lib is usr/lib
+            relative = "usr/" + relative
+        resolved = os.path.join(root, relative)
+        if not chosen.startswith("/") or not os.path.isfile(resolved):
+            sys.exit("ultraviolet: cannot pin firmware link %s -> %s" % (link, chosen))
+        os.unlink(link)
+        os.symlink(os.path.relpath(resolved, directory), link)
+        print("ultraviolet: firmware", name, "->", chosen, file=sys.stderr)
+"""

@@ -38,7 +38,7 @@ from ultraviolet.tools import cache_dir, tools
 Progress = Callable[[str], None]
 PUBRING = "usr/lib/systemd/import-pubring.gpg"
 # Part of the cache key of cached builds: bump when the build pipeline changes its output.
-PIPELINE_VERSION = 15
+PIPELINE_VERSION = 16
 
 
 @dataclass(frozen=True)

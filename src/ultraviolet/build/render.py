@@ -13,8 +13,14 @@ from ultraviolet.build.definitions import (
     sysupdate_transfers,
     verity_slot_size,
 )
-from ultraviolet.build.factory import PRESET, factory_etc_script, preset_file
+from ultraviolet.build.factory import (
+    PRESET,
+    factory_etc_script,
+    firmware_links_script,
+    preset_file,
+)
 from ultraviolet.build.health import health_files
+from ultraviolet.build.initrd_modules import mkosi_initrd_settings
 from ultraviolet.build.mkosi import embedded_tree
 from ultraviolet.build.truths import NOEXEC_CMDLINE, finalize_script
 from ultraviolet.errors import BuildError
@@ -38,6 +44,12 @@ BASE_PACKAGES = (
     "tpm2-tools",
     "e2fsprogs",
     "btrfs-progs",
+    # cfg80211 asks for regulatory.db when it loads, and systemd-networkd loads it (its
+    # lookup of the nl80211 netlink family autoloads the module) on nodes with networking.
+    # Without the file the firmware loader tries a load without a file (sysfs fallback),
+    # which IPE's FIRMWARE rule denies: one denial per boot. With it, the file (and its
+    # signature, which cfg80211 checks) comes from the signed /usr.
+    "wireless-regdb",
 )
 RUNTIME_PACKAGES = {"containerd": ("containerd", "runc"), "none": ()}
 RUNTIME_UNITS = {"containerd": ("containerd.service",), "none": ()}
@@ -93,6 +105,7 @@ def mkosi_conf(policy: NodePolicy) -> UnitFile:
     ]
     content += [("Packages", package) for package in _packages(policy)]
     content.append(("KernelCommandLine", " ".join(BASE_CMDLINE)))
+    content += mkosi_initrd_settings()
     validation = [("SecureBoot", "yes" if policy.boot.secure_boot else "no"), ("Verity", "yes")]
     if policy.boot.secure_boot_auto_enroll:
         validation.append(("SecureBootAutoEnroll", "yes"))
@@ -210,6 +223,7 @@ def render_tree(policy: NodePolicy, directory: Path) -> RenderedTree:
     script.write_text(
         finalize_script(policy.integrity.suid_allow, policy.integrity.capabilities_allow)
         + factory_etc_script()
+        + firmware_links_script()
     )
     (extra / PRESET).parent.mkdir(parents=True, exist_ok=True)
     runtime_units = RUNTIME_UNITS[policy.workloads.container_runtime]

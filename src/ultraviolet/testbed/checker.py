@@ -71,6 +71,9 @@ wait_reports() {{  # until the agent has made $1 accepted reports, at most $2 se
 early=$(cat /run/credentials/@system/{ACTION_CREDENTIAL} 2>/dev/null)
 case "$early" in
 attest:*)
+    # The first report also carries what IPE denied while the node booted (none, normally).
+    wait_reports 1 "${{early#attest:}}"
+    say attest-first "$(cat "$agent_report" 2>/dev/null)"
     wait_reports 2 "${{early#attest:}}"
     say attest-before-denials "$(cat "$agent_report" 2>/dev/null)"
     say attest-uptime "$(cut -d' ' -f1 /proc/uptime)"
@@ -82,6 +85,9 @@ attest:*)
     say tpm-device "$(ls -ln /dev/tpmrm0 2>&1)"
     ;;
 esac
+# What IPE denied while the node booted, before this checker provokes denials of its own.
+say ipe-audit-boot "$( (journalctl -b -q _TRANSPORT=audit -o cat; dmesg) 2>/dev/null \
+    | grep -e 'ipe_op=' | oneline)"
 /usr/bin/true; say exec-usr "$?"
 mkdir -p /run/uvexec && mount -t tmpfs -o exec,mode=0755 uvexec /run/uvexec
 for dir in /tmp /var/tmp /root /run/uvexec; do
