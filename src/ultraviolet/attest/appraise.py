@@ -335,7 +335,7 @@ def _replay_mismatch(
     source = f"{run.firmware.event_counts.get(pcr, 0)} firmware log events"
     if userspace:
         assert run.userspace is not None
-        more = sum(1 for e in run.userspace.events if e.pcr == pcr and bank in e.digests)
+        more = sum(1 for _, at, digests in run.userspace.events if at == pcr and bank in digests)
         source += f" and {more} userspace log events"
     return f"{bank} PCR {pcr}: {source} replay to {expected.hex()}, the TPM quoted {quoted.hex()}"
 

@@ -14,6 +14,7 @@ falls back to the checked reader for anything unusual, which then says what is w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import threading
@@ -39,8 +40,12 @@ from ultraviolet.formats.eventlog import (
     replay,
     replay_userspace,
 )
-from ultraviolet.formats.eventlog_fast import read_userspace_log as read_userspace_fast
-from ultraviolet.formats.eventlog_fast import scan_firmware_log, variable_name_and_value
+from ultraviolet.formats.eventlog_fast import (
+    UserspaceDigests,
+    read_userspace_digests,
+    scan_firmware_log,
+    variable_name_and_value,
+)
 
 BANK = "sha256"
 DRTM_PCRS = range(17, 23)  # start as all ones until a dynamic launch resets them
@@ -122,7 +127,7 @@ class FirmwareLog:
 @dataclass(frozen=True)
 class UserspaceLog:
     sha256: bytes
-    events: tuple[UserspaceEvent, ...]  # without their JSON content (only digests replay)
+    events: tuple[UserspaceDigests, ...]  # (offset, PCR, digests): all that replay reads
 
 
 @dataclass(frozen=True)
@@ -201,14 +206,11 @@ def read_userspace_log(data: bytes) -> UserspaceLog:
     return _userspace_logs.get(key, lambda: UserspaceLog(key, _userspace_events(data)))
 
 
-def _userspace_events(data: bytes) -> tuple[UserspaceEvent, ...]:
-    events = read_userspace_fast(data, content=False)
+def _userspace_events(data: bytes) -> tuple[UserspaceDigests, ...]:
+    events = read_userspace_digests(data)
     if events is not None:
         return events
-    return tuple(
-        UserspaceEvent(e.offset, e.pcr, e.digests, e.content_type, {})
-        for e in parse_userspace_log(data)
-    )
+    return tuple((e.offset, e.pcr, e.digests) for e in parse_userspace_log(data))
 
 
 def replay_logs(
@@ -232,11 +234,33 @@ def _replay_both(
     if isinstance(values, str):
         return Replayed({}, frozenset(), firmware_error=values)
     events = userspace.events
-    extended = frozenset(e.pcr for e in events if bank in e.digests and e.pcr is not None)
+    extended = frozenset(pcr for _, pcr, digests in events if bank in digests and pcr is not None)
     try:
-        return Replayed.of(bank, replay_userspace(events, bank, values), extended)
+        return Replayed.of(bank, _replay_userspace(events, bank, values), extended)
     except FormatError as exc:
         return Replayed({}, extended, userspace_error=str(exc))
+
+
+def _replay_userspace(
+    events: Sequence[UserspaceDigests], bank: str, start: Mapping[int, bytes]
+) -> dict[int, bytes]:
+    """replay_userspace(events, bank, start) of the events' digests."""
+    if bank not in pcr_math.BANKS:
+        return replay_userspace(_as_events(events), bank, start)  # which says what is wrong
+    hasher, zero = getattr(hashlib, bank), pcr_math.zero_pcr(bank)
+    size, values = len(zero), dict(start)
+    for _, pcr, digests in events:
+        value = digests.get(bank)
+        if pcr is None or value is None:
+            continue
+        if len(value) != size:
+            return replay_userspace(_as_events(events), bank, start)  # which says where
+        values[pcr] = hasher(values.get(pcr, zero) + value).digest()
+    return values
+
+
+def _as_events(events: Sequence[UserspaceDigests]) -> list[UserspaceEvent]:
+    return [UserspaceEvent(offset, pcr, digests, None, {}) for offset, pcr, digests in events]
 
 
 def clear_caches() -> None:
@@ -268,6 +292,7 @@ def _pcr4(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr4Facts:
 def _pcr7(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr7Facts:
     uncovered = None
     variables: dict[str, bytes] = {}
+    databases: dict[str, KeyDatabase | None] = dict.fromkeys(KEY_DATABASES)
     authorities: list[bytes] = []
     for measured in events:
         event_type, digest, data = measured[3], measured[4], measured[5]
@@ -275,17 +300,34 @@ def _pcr7(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr7Facts:
             uncovered = to_event(measured)
         if event_type not in _VARIABLE_EVENTS:
             continue
-        variable = variable_name_and_value(data)  # None: malformed data
-        if variable is None:
+        variable = _variable_facts(event_type == EV_EFI_VARIABLE_AUTHORITY, data)
+        if variable is None:  # malformed data
             continue
-        name, value = variable
-        if event_type == EV_EFI_VARIABLE_AUTHORITY:
-            authorities.append(hashlib.sha256(value[16:]).digest())  # owner GUID, certificate
-        else:
-            variables.setdefault(name, value)
-    databases = {name: _key_database(name, variables.get(name)) for name in KEY_DATABASES}
-    secure_boot = variables.get("SecureBoot")
-    return Pcr7Facts(uncovered, secure_boot, databases, tuple(authorities))
+        name, value, derived = variable
+        if isinstance(derived, bytes):
+            authorities.append(derived)
+        elif name not in variables:
+            variables[name] = value
+            if name in databases:
+                databases[name] = derived
+    return Pcr7Facts(uncovered, variables.get("SecureBoot"), databases, tuple(authorities))
+
+
+@functools.lru_cache(maxsize=1024)
+def _variable_facts(
+    authority: bool, data: bytes
+) -> tuple[str, bytes, KeyDatabase | bytes | None] | None:
+    """(name, value, what is judged of it) of a UEFI variable event's data, None where it is
+    malformed: an authority's certificate fingerprint, PK/KEK/db's certificates.
+    A pure function of the bytes, and a fleet measures the same PK, KEK, db and db entry into
+    every node's PCR 7: read once per distinct value (as the Spec ID record), not per log."""
+    variable = variable_name_and_value(data)
+    if variable is None:
+        return None
+    name, value = variable
+    if authority:
+        return name, value, hashlib.sha256(value[16:]).digest()  # owner GUID, certificate
+    return name, value, _key_database(name, value) if name in KEY_DATABASES else None
 
 
 def _key_database(name: str, value: bytes | None) -> KeyDatabase | None:

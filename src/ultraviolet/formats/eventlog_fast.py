@@ -16,9 +16,9 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from ultraviolet.errors import FormatError
 from ultraviolet.formats._reader import Reader
@@ -39,6 +39,7 @@ from ultraviolet.formats.eventlog import (
 )
 from ultraviolet.formats.eventlog_userspace import _DIGEST_SIZES
 
+UserspaceDigests = tuple[int, int | None, Mapping[str, bytes]]  # offset, PCR, bank -> digest
 _HASHERS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384}
 _HASHERS["sha512"] = hashlib.sha512
 _VARIABLE_HEAD = struct.Struct("<16sQQ")
@@ -240,38 +241,72 @@ _SYSTEMD_LOG_RECORD = re.compile(
 )
 
 
-def _systemd_log(text: str, content: bool) -> tuple[UserspaceEvent, ...] | None:
-    """The events of a log whose every record is in systemd's own form (then each record is
-    one match and json.loads of it the same object), else None."""
-    events = []
+def read_userspace_digests(data: bytes) -> tuple[UserspaceDigests, ...] | None:
+    """(offset, pcr, digests) of each event parse_userspace_log reads, or None (then take the
+    checked path): all that replay reads, without an event object per record."""
+    if data and data[0] == RECORD_SEPARATOR and data.isascii() and b"\0" not in data:
+        digests = _systemd_log(data.decode("ascii"), False, bare=True)
+        if digests is not None:
+            return digests
+    events = read_userspace_log(data, content=False)
+    return None if events is None else tuple((e.offset, e.pcr, e.digests) for e in events)
+
+
+@overload
+def _systemd_log(text: str, content: bool) -> tuple[UserspaceEvent, ...] | None: ...
+@overload
+def _systemd_log(
+    text: str, content: bool, *, bare: Literal[True]
+) -> tuple[UserspaceDigests, ...] | None: ...
+def _systemd_log(text: str, content: bool, *, bare: bool = False) -> tuple[Any, ...] | None:
+    """The events (or with `bare` their offset, PCR and digests) of a log whose every record
+    is in systemd's own form (then each record is one match and json.loads of it the same
+    object), else None."""
+    events: list[Any] = []
     expected = 0
+    new, sizes = object.__new__, _DIGEST_SIZES
     for match in _SYSTEMD_LOG_RECORD.finditer(text):
         start = match.start()
         if start != expected:
             return None
         expected = match.end()
-        groups = match.groups()
-        digests: dict[str, bytes] = {}
-        for at in range(1, 9, 2):
-            bank, hexadecimal = groups[at], groups[at + 1]
-            if bank is None:
-                break
-            value = bytes.fromhex(hexadecimal) if len(hexadecimal) % 2 == 0 else None
-            if value is None or bank in digests:
+        pcr, bank, hexadecimal, *more, content_type, members = match.groups()
+        try:
+            value = bytes.fromhex(hexadecimal)  # lowercase hex digits, by the pattern
+            digests = {bank: value}
+            if more[0] is not None and not _more_digests(digests, more):
                 return None
-            if len(value) != _DIGEST_SIZES.get(bank, len(value)):
-                return None
-            digests[bank] = value
-        event: UserspaceEvent = object.__new__(UserspaceEvent)  # as userspace_event_of
+        except ValueError:  # an odd number of digits
+            return None
+        if len(value) != sizes.get(bank, len(value)):
+            return None
+        if bare:
+            events.append((start, int(pcr), digests))
+            continue
+        event: UserspaceEvent = new(UserspaceEvent)  # as userspace_event_of
         event.__dict__.update(
             offset=start,
-            pcr=int(groups[0]),
+            pcr=int(pcr),
             digests=digests,
-            content_type=groups[9],
-            content=json.loads(groups[10]) if content else {},
+            content_type=content_type,
+            content=json.loads(members) if content else {},
         )
         events.append(event)
     return tuple(events) if expected == len(text) else None
+
+
+def _more_digests(digests: dict[str, bytes], pairs: list[str | None]) -> bool:
+    """Add the second to fourth (bank, hex) pairs to `digests`; False where the checked reader
+    would refuse them."""
+    for at in range(0, len(pairs), 2):
+        bank, hexadecimal = pairs[at], pairs[at + 1]
+        if bank is None or hexadecimal is None:
+            break
+        value = bytes.fromhex(hexadecimal)
+        if bank in digests or len(value) != _DIGEST_SIZES.get(bank, len(value)):
+            return False
+        digests[bank] = value
+    return True
 
 
 def _systemd_record(body: str, start: int, content: bool) -> UserspaceEvent | None:
