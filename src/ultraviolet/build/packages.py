@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,7 +205,11 @@ class PackageCheck:
 
     def package_set(self) -> PackageSet:
         files = self.resolve()
-        return PackageSet(self.requested, tuple(self.summary(name) for name in files))
+        # Reading a .deb is mostly xz decompression, which releases the GIL: unread .debs
+        # (a cold cache: the kernel alone takes seconds) are read on every core.
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            summaries = tuple(pool.map(self.summary, files))
+        return PackageSet(self.requested, summaries)
 
 
 class UnknownPackages(BuildError):
