@@ -13,7 +13,8 @@ from ultraviolet.build.initrd_modules import (
     mkosi_initrd_settings,
 )
 from ultraviolet.build.render import mkosi_conf
-from ultraviolet.policy import load_policy
+from ultraviolet.errors import PolicyError
+from ultraviolet.policy import load_policy, parse_policy
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "container-host.toml"
 
@@ -96,3 +97,20 @@ def test_example_mkosi_conf_trims_the_initrd() -> None:
     assert [key for key, _ in mkosi_initrd_settings()].count("KernelModulesInitrdExclude") == 1
     # regulatory.db for cfg80211, loaded after switch-root from the signed /usr
     assert "wireless-regdb" in conf.get_all("Content", "Packages")
+
+
+def test_policy_adds_its_own_initrd_modules() -> None:
+    policy = parse_policy(
+        '[image]\nname = "n"\nversion = "1"\n'
+        '[boot]\ninitrd_modules = ["^drivers/scsi/aic7xxx/", "^drivers/ata/"]\n'
+    )
+    included = mkosi_conf(policy).get_all("Content", "KernelModulesInitrdInclude")
+    assert included == (*INITRD_MODULES_INCLUDE, "^drivers/scsi/aic7xxx/")  # no duplicate
+
+
+@pytest.mark.parametrize("pattern", ["^drivers/(ata", "^drivers/ata/,^fs/", "a b", ""])
+def test_bad_initrd_module_patterns_are_policy_errors(pattern: str) -> None:
+    with pytest.raises(PolicyError, match=r"boot\.initrd_modules"):
+        parse_policy(
+            f'[image]\nname = "n"\nversion = "1"\n[boot]\ninitrd_modules = ["{pattern}"]\n'
+        )

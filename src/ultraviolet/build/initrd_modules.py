@@ -5,7 +5,8 @@ initrd (a 142 MB UKI), almost all of it drivers a container host never needs bef
 is mounted (GPUs, sound, media, Wi-Fi, most NICs). The initrd only has to find and unlock the
 disks: storage controllers of common servers and VMs, USB storage and keyboards (emergency
 shell), dm-verity/dm-crypt, the file systems of /usr, root and the ESP, and the TPM. Everything
-else loads from the signed /usr after switch-root, where every module of the kernel is.
+else loads from the signed /usr after switch-root, where every module of the kernel is. A policy
+adds patterns of its own with boot.initrd_modules (hardware this list misses).
 
 mkosi 25 drops a module matched by KernelModulesInitrdExclude unless
 KernelModulesInitrdInclude matches it too, and adds the dependencies of what it keeps (and the
@@ -15,6 +16,8 @@ setting on commas, so no pattern may contain one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 INITRD_MODULES_EXCLUDE = (".*",)
 
@@ -52,9 +55,11 @@ INITRD_MODULES_INCLUDE = (
 )
 
 
-def mkosi_initrd_settings() -> list[tuple[str, str]]:
-    """The [Content] settings of mkosi.conf that trim the kernel modules initrd."""
+def mkosi_initrd_settings(extra: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The [Content] settings of mkosi.conf that trim the kernel modules initrd; `extra` are
+    the policy's own patterns (boot.initrd_modules)."""
+    include = dict.fromkeys((*INITRD_MODULES_INCLUDE, *extra))
     return [
         *(("KernelModulesInitrdExclude", pattern) for pattern in INITRD_MODULES_EXCLUDE),
-        *(("KernelModulesInitrdInclude", pattern) for pattern in INITRD_MODULES_INCLUDE),
+        *(("KernelModulesInitrdInclude", pattern) for pattern in include),
     ]

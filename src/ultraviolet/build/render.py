@@ -105,7 +105,7 @@ def mkosi_conf(policy: NodePolicy) -> UnitFile:
     ]
     content += [("Packages", package) for package in _packages(policy)]
     content.append(("KernelCommandLine", " ".join(BASE_CMDLINE)))
-    content += mkosi_initrd_settings()
+    content += mkosi_initrd_settings(policy.boot.initrd_modules)
     validation = [("SecureBoot", "yes" if policy.boot.secure_boot else "no"), ("Verity", "yes")]
     if policy.boot.secure_boot_auto_enroll:
         validation.append(("SecureBootAutoEnroll", "yes"))

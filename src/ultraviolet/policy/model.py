@@ -23,6 +23,7 @@ class ImageSection:
 @dataclass(frozen=True)
 class BootSection:
     cmdline: tuple[str, ...]
+    initrd_modules: tuple[str, ...]
     profiles: tuple[str, ...]
     tries: int
     health_units: tuple[str, ...]

@@ -101,6 +101,17 @@ _COMMAND = _pattern(r"/[^\s%\"'\\;]+( [^\s%\"'\\;]+)*", "a command: /absolute/pr
 PCR_BANKS = ("sha1", "sha256", "sha384", "sha512")
 
 
+def _module_patterns_check(value: list[str]) -> str | None:
+    for pattern in value:
+        if not pattern or "," in pattern or any(c.isspace() for c in pattern):
+            return f"regexes without commas or spaces (got {pattern!r})"
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"regexes (got {pattern!r}: {exc})"
+    return None
+
+
 def _banks_check(value: list[str]) -> str | None:
     unknown = [bank for bank in value if bank not in PCR_BANKS]
     if unknown or not value:
@@ -177,6 +188,19 @@ FIELDS: tuple[Field, ...] = (
         "Kernel command line words added to every UKI profile.",
         check=_CMDLINE,
         example='["quiet"]',
+    ),
+    Field(
+        "boot",
+        "initrd_modules",
+        Kind.STRING_LIST,
+        [],
+        "Kernel modules the initrd carries besides the storage, USB, device-mapper, file "
+        "system and TPM drivers it always has: regexes searched in the module's path below "
+        "/usr/lib/modules/VERSION/kernel/ (no commas). For hardware the default misses, or a "
+        'NIC a network unlock needs; [".*"] keeps every module (a UKI of ~140 MB). After '
+        "switch-root every module loads from /usr.",
+        check=lambda v: _module_patterns_check(v),
+        example='["^drivers/scsi/aic7xxx/"]',
     ),
     Field(
         "boot",
