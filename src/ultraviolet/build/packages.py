@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ from ultraviolet.formats.deb import read_deb
 from ultraviolet.formats.unitfile import parse_unit
 from ultraviolet.policy.model import NodePolicy
 from ultraviolet.tools import ToolsChroot, cache_dir, tools
+
+log = logging.getLogger("ultraviolet.build.packages")
 
 # Part of the per-.deb cache key: bump when what is recorded about a .deb changes.
 SUMMARY_VERSION = 1
@@ -161,7 +164,7 @@ class PackageCheck:
         """The .deb file names (in mkosi's archive) of everything mkosi will install; the
         resolution is cached per archive state, the .debs are downloaded when missing."""
         self._prepare()
-        self._apt("update")
+        self._update()
         request = ["?essential", "base-files", *self.requested]
         record = self.state / "resolutions" / f"{self._index_digest()}.json"
         if record.is_file():
@@ -181,6 +184,19 @@ class PackageCheck:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(files))
         return files
+
+    def _update(self) -> None:
+        """apt-get update; when the archive cannot be reached, lists fetched earlier still
+        resolve (mkosi, if it runs, fails on its own; a reused mkosi build needs no network)
+        and the scan of the built /usr remains the backstop."""
+        returncode, output = self._apt("update", check=False)
+        if returncode == 0:
+            return
+        lists = self.state / "apt-state" / "lists"
+        if not any(lists.glob("*Packages*")):
+            tail = "\n".join(output.strip().splitlines()[-15:])
+            raise BuildError(f"apt-get update for the package check failed:\n{tail}")
+        log.warning("apt-get update failed; checking with the package lists fetched before")
 
     def _fail_resolution(self, output: str) -> None:
         unknown = _UNKNOWN.findall(output)
