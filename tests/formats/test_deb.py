@@ -207,8 +207,8 @@ def _members(deb: bytes) -> list[tuple[str, str, int]]:
 @pytest.mark.oracle
 @pytest.mark.parametrize("compression", ["xz", "gzip", "none"])
 def test_dpkg_deb_build_agrees(tools_chroot: ToolsChroot, tmp_path: Path, compression: str) -> None:
-    """A package built by dpkg-deb (set-uid, set-gid, long names, symlinks) reads as dpkg-deb
-    lists it."""
+    """A package built by dpkg-deb (set-uid, set-gid, long names, symlinks, a hard link to a
+    set-uid file) reads as dpkg-deb lists it."""
     root = tmp_path / "pkg"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
@@ -225,13 +225,18 @@ def test_dpkg_deb_build_agrees(tools_chroot: ToolsChroot, tmp_path: Path, compre
     deep.parent.mkdir(parents=True)
     deep.write_text("x")
     (root / "usr" / "bin" / "link").symlink_to("tool")
+    (root / "usr" / "bin" / "tool-again").hardlink_to(tool)
     deb = tmp_path / "demo.deb"
     build = ["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(root), str(deb)]
     tools_chroot.run(build, binds=[tmp_path])
     assert _members(deb.read_bytes()) == _dpkg_contents(tools_chroot, deb)
     parsed = read_deb(deb.read_bytes())
     assert parsed.name == "uv-demo" and parsed.relation_names("Depends") == ("passwd",)
-    assert {m.path for m in parsed.set_id_members()} == {"./usr/bin/tool", "./usr/bin/group-tool"}
+    assert {m.path for m in parsed.set_id_members()} == {
+        "./usr/bin/tool",
+        "./usr/bin/tool-again",
+        "./usr/bin/group-tool",
+    }
 
 
 @pytest.mark.oracle
