@@ -18,6 +18,7 @@ capabilities, dpkg-statoverride, maintainer scripts).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -164,6 +165,12 @@ class PackageCheck:
         """The .deb file names (in mkosi's archive) of everything mkosi will install; the
         resolution is cached per archive state, the .debs are downloaded when missing."""
         self._prepare()
+        # apt runs without its own locks (as in mkosi): concurrent builds take turns here.
+        with (self.state / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._resolve_locked()
+
+    def _resolve_locked(self) -> list[str]:
         self._update()
         request = ["?essential", "base-files", *self.requested]
         record = self.state / "resolutions" / f"{self._index_digest()}.json"
