@@ -1,5 +1,6 @@
 """A running `uvctl attest serve` for tests, and simulated nodes that enrol with it over HTTP
-(attest/simulate.py's software TPM as the AK, an RSA EK that answers TPM2_MakeCredential)."""
+(tests/attest/nodes.py: attest/simulate.py's software TPM as the AK, an RSA EK that answers
+TPM2_MakeCredential)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ultraviolet.attest.enrolment import ek_fingerprint
-from ultraviolet.attest.simulate import SoftwareTpm
-from ultraviolet.formats.tpm import PublicArea
 from ultraviolet.formats.tpmcredential import activate_credential
 from ultraviolet.tools import Spawned, spawn_host
 
+from .nodes import SimulatedNode
 from .receivers import free_port, wait_http
-from .softnode import _ek_public
+
+__all__ = ["ADMIN", "TOKEN", "Service", "SimulatedNode", "b64", "enrol_over_http"]
 
 TOKEN = "service-test-token-0123"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 UVCTL = Path(sys.executable).with_name("uvctl")
-
-
-class SimulatedNode:
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.tpm = SoftwareTpm()
-        self.ek_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    @property
-    def ek(self) -> PublicArea:
-        return _ek_public(self.ek_key)
 
 
 def b64(data: bytes) -> str:

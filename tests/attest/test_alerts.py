@@ -1,4 +1,6 @@
-"""Alert delivery from the outbox: a real webhook receiver and a real Prometheus Alertmanager."""
+"""Alert delivery from the outbox: a real webhook receiver and a real Prometheus Alertmanager.
+The alerts come from the real appraisal of a simulated node (tests/attest/nodes.py) that once
+boots with Secure Boot off: one failed check, pcr7.secure-boot, then trusted again."""
 
 from __future__ import annotations
 
@@ -9,37 +11,34 @@ import pytest
 from sqlalchemy import select
 
 from ultraviolet.attest.alerts import Dispatcher, Sink, backoff
-from ultraviolet.attest.enrolment import ek_fingerprint
+from ultraviolet.attest.enrolment import default_challenge_maker, ek_fingerprint
 from ultraviolet.attest.model import NodeState
 from ultraviolet.attest.service import Verifier, VerifierConfig
 from ultraviolet.attest.store import OutboxAlert, Store, utcnow
 
+from .nodes import Releases, SimulatedNode, real_appraiser, real_load_accepted
 from .receivers import ALERTMANAGER, alertmanager, free_port, webhook_receiver
-from .softnode import (
-    SoftNode,
-    reference_document,
-    soft_appraiser,
-    soft_challenge,
-    soft_load_accepted,
-)
 
 LATER = dt.timedelta(hours=2)  # past any backoff
+RELEASES = Releases()
+GENUINE = RELEASES.boot("uv", "1")
+INSECURE = RELEASES.boot("uv", "1", secure_boot=False)  # fails pcr7.secure-boot alone
 
 
 def verifier_with(store: Store, *sinks: Sink) -> Verifier:
     verifier = Verifier(
         store,
-        appraiser=soft_appraiser,
-        load_accepted=soft_load_accepted,
-        make_challenge=soft_challenge,
+        appraiser=real_appraiser,
+        load_accepted=real_load_accepted,
+        make_challenge=default_challenge_maker(),
         config=VerifierConfig(sinks=sinks, base_url="http://verifier.test:8400"),
     )
-    verifier.put_release("uv", "1", reference_document("uv", "1", b"\x11" * 32))
+    verifier.put_release("uv", "1", RELEASES.document("uv", "1"))
     return verifier
 
 
-def enrolled(verifier: Verifier, node_id: str) -> SoftNode:
-    node = SoftNode(node_id)
+def enrolled(verifier: Verifier, node_id: str) -> SimulatedNode:
+    node = SimulatedNode(node_id, "ecc")
     verifier.approve_ek(ek_fingerprint(node.ek))
     challenge = verifier.enrol(node.node_id, node.ek.to_2b(), None, node.ak.to_2b())
     verifier.activate(
@@ -48,9 +47,9 @@ def enrolled(verifier: Verifier, node_id: str) -> SoftNode:
     return node
 
 
-def attest(verifier: Verifier, node: SoftNode, signer: SoftNode | None = None) -> NodeState:
+def attest(verifier: Verifier, node: SimulatedNode, *, secure_boot: bool = True) -> NodeState:
     nonce, _ = verifier.issue_nonce(node.node_id)
-    evidence = node.evidence(nonce, signer=signer).to_json()
+    evidence = node.evidence(nonce, GENUINE if secure_boot else INSECURE).to_json()
     return verifier.submit_evidence(node.node_id, nonce, evidence).state
 
 
@@ -58,8 +57,8 @@ def test_webhook_gets_each_change_once_after_retries(store: Store) -> None:
     with webhook_receiver(refuse_first=2) as receiver:
         verifier = verifier_with(store, Sink("webhook", receiver.url))
         node = enrolled(verifier, "hook-1")
-        assert attest(verifier, node, signer=SoftNode("intruder")) is NodeState.UNTRUSTED
-        assert attest(verifier, node, signer=SoftNode("intruder")) is NodeState.UNTRUSTED
+        assert attest(verifier, node, secure_boot=False) is NodeState.UNTRUSTED
+        assert attest(verifier, node, secure_boot=False) is NodeState.UNTRUSTED
         dispatcher = Dispatcher(store)
         try:
             assert dispatcher.run_once() == (0, 1)  # refused: 503
@@ -75,7 +74,7 @@ def test_webhook_gets_each_change_once_after_retries(store: Store) -> None:
     assert receiver.requests == 4
     assert (firing["status"], firing["check"], firing["node_id"]) == (
         "firing",
-        "quote.signature",
+        "pcr7.secure-boot",
         "hook-1",
     )
     assert firing["ends_at"] is None and firing["url"].startswith("http://verifier.test:8400/")
@@ -90,7 +89,7 @@ def test_a_resolution_waits_for_its_retried_firing(store: Store) -> None:
     with webhook_receiver(refuse_first=1) as receiver:
         verifier = verifier_with(store, Sink("webhook", receiver.url))
         node = enrolled(verifier, "hook-3")
-        attest(verifier, node, signer=SoftNode("intruder"))
+        attest(verifier, node, secure_boot=False)
         dispatcher = Dispatcher(store)
         try:
             assert dispatcher.run_once() == (0, 1)  # "firing" refused, backing off
@@ -106,7 +105,7 @@ def test_a_resolution_waits_for_its_retried_firing(store: Store) -> None:
 def test_unreachable_sink_keeps_the_alert_and_backs_off(store: Store) -> None:
     verifier = verifier_with(store, Sink("webhook", f"http://127.0.0.1:{free_port()}/gone"))
     node = enrolled(verifier, "hook-2")
-    attest(verifier, node, signer=SoftNode("intruder"))
+    attest(verifier, node, secure_boot=False)
     dispatcher = Dispatcher(store, timeout=2)
     try:
         for _ in range(3):
@@ -126,7 +125,7 @@ def test_alertmanager_accepts_fires_and_resolves_our_alerts(store: Store) -> Non
     with alertmanager() as url:
         verifier = verifier_with(store, Sink("alertmanager", url))
         node = enrolled(verifier, "am-1")
-        attest(verifier, node, signer=SoftNode("intruder"))
+        attest(verifier, node, secure_boot=False)
         dispatcher = Dispatcher(store)
         try:
             assert dispatcher.run_once() == (1, 0), "Alertmanager refused the alert"
@@ -136,7 +135,7 @@ def test_alertmanager_accepts_fires_and_resolves_our_alerts(store: Store) -> Non
             assert alert["labels"] == {
                 "alertname": "UltravioletAttestation",
                 "node": "am-1",
-                "check": "quote.signature",
+                "check": "pcr7.secure-boot",
                 "severity": "fail",
             }
             assert alert["status"]["state"] == "active"

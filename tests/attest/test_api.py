@@ -1,4 +1,6 @@
-"""The HTTP contract of docs/attest.md, through FastAPI's test client, on SQLite and PostgreSQL."""
+"""The HTTP contract of docs/attest.md, through FastAPI's test client, on SQLite and PostgreSQL,
+with the verifier wired as `uvctl attest serve` wires it (real appraisal, real MakeCredential) and
+simulated nodes sending real evidence (tests/attest/nodes.py)."""
 
 from __future__ import annotations
 
@@ -12,21 +14,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ultraviolet.attest.api import create_app
-from ultraviolet.attest.enrolment import ek_fingerprint
+from ultraviolet.attest.enrolment import default_challenge_maker, ek_fingerprint
 from ultraviolet.attest.service import Verifier, VerifierConfig
 from ultraviolet.attest.store import Store
 from ultraviolet.formats.evidence import IpeEvent
 
-from .softnode import (
-    SoftNode,
-    reference_document,
-    soft_appraiser,
-    soft_challenge,
-    soft_load_accepted,
-)
+from .nodes import Releases, SimulatedNode, real_appraiser, real_load_accepted
 
 TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+RELEASES = Releases()
+GENUINE = RELEASES.boot("uv", "1")
+
+
+def simulated(node_id: str) -> SimulatedNode:
+    return SimulatedNode(node_id, "ecc")
 
 
 def b64(data: bytes) -> str:
@@ -37,16 +39,16 @@ def b64(data: bytes) -> str:
 def client(store: Store) -> Iterator[TestClient]:
     verifier = Verifier(
         store,
-        appraiser=soft_appraiser,
-        load_accepted=soft_load_accepted,
-        make_challenge=soft_challenge,
+        appraiser=real_appraiser,
+        load_accepted=real_load_accepted,
+        make_challenge=default_challenge_maker(),
         config=VerifierConfig(),
     )
     with TestClient(create_app(verifier, admin_token=TOKEN)) as test_client:
         yield test_client
 
 
-def enrol(client: TestClient, node: SoftNode) -> None:
+def enrol(client: TestClient, node: SimulatedNode) -> None:
     approved = client.post(
         "/v1/admin/eks", json={"fingerprint": ek_fingerprint(node.ek)}, headers=ADMIN
     )
@@ -73,13 +75,13 @@ def enrol(client: TestClient, node: SoftNode) -> None:
     assert activated.json() == {"node_id": node.node_id, "state": "unknown"}
 
 
-def submit(client: TestClient, node: SoftNode, nonce: str | None = None, **kw: Any) -> Any:
+def submit(client: TestClient, node: SimulatedNode, nonce: str | None = None, **kw: Any) -> Any:
     if nonce is None:
         issued = client.post(f"/v1/nodes/{node.node_id}/nonce")
         assert issued.status_code == 200, issued.text
         nonce = issued.json()["nonce"]
         assert len(bytes.fromhex(nonce)) == 32 and issued.json()["expires_at"]
-    evidence = node.evidence(bytes.fromhex(nonce), **kw).to_json()
+    evidence = node.evidence(bytes.fromhex(nonce), GENUINE, **kw).to_json()
     response = client.post(
         f"/v1/nodes/{node.node_id}/evidence", json={"nonce": nonce, "evidence": evidence}
     )
@@ -88,14 +90,14 @@ def submit(client: TestClient, node: SoftNode, nonce: str | None = None, **kw: A
 
 
 def upload_release(client: TestClient) -> None:
-    document = reference_document("uv", "1", b"\x11" * 32)
+    document = RELEASES.document("uv", "1")
     response = client.put("/v1/admin/releases/uv/1", content=document, headers=ADMIN)
     assert response.status_code == 204, response.text
 
 
 def test_node_enrols_attests_and_shows_in_fleet_page_and_metrics(client: TestClient) -> None:
     upload_release(client)
-    node = SoftNode("web-1")
+    node = simulated("web-1")
     enrol(client, node)
     result = submit(client, node)
     assert (result["state"], result["release"]) == ("trusted", "uv 1")
@@ -110,7 +112,9 @@ def test_node_enrols_attests_and_shows_in_fleet_page_and_metrics(client: TestCli
     assert submit(client, node, ipe_events=[denial])["state"] == "untrusted"
     page = client.get("/")
     assert page.status_code == 200 and 'id="node-web-1"' in page.text
-    assert "ipe.denials" in page.text and "&lt;script&gt;" not in page.text  # message escaped
+    assert "ipe.denials" in page.text
+    # The finding quotes the audit record, escaped.
+    assert "ipe_op=EXECUTE &lt;script&gt;" in page.text and "<script>" not in page.text
     metrics = client.get("/metrics").text
     assert 'ultraviolet_attest_nodes{state="untrusted"} 1.0' in metrics
     assert 'ultraviolet_attest_evidence_total{state="trusted"} 1.0' in metrics
@@ -121,7 +125,7 @@ def test_node_enrols_attests_and_shows_in_fleet_page_and_metrics(client: TestCli
 
 def test_reused_nonce_is_answered_as_an_untrusted_appraisal(client: TestClient) -> None:
     upload_release(client)
-    node = SoftNode("web-2")
+    node = simulated("web-2")
     enrol(client, node)
     nonce = client.post("/v1/nodes/web-2/nonce").json()["nonce"]
     assert submit(client, node, nonce)["state"] == "trusted"
@@ -168,7 +172,7 @@ def test_admin_calls_need_the_token(client: TestClient) -> None:
         ("get", "/v1/nodes/nobody", None, 404, "node.unknown"),
         ("get", "/v1/nowhere", None, 404, "http.404"),
         ("put", "/v1/admin/releases/uv/1", b"[]", 400, "request.format"),
-        ("put", "/v1/admin/releases/uv/2", reference_document("uv", "1", b"\0" * 32), 409, None),
+        ("put", "/v1/admin/releases/uv/2", RELEASES.document("uv", "1"), 409, None),
         ("post", "/v1/admin/eks", {"fingerprint": "AB"}, 422, "request.invalid"),
     ],
 )
@@ -240,14 +244,15 @@ evidence_bodies = st.fixed_dictionaries(
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=evidence_bodies)
 def test_no_evidence_makes_a_server_error(client: TestClient, body: dict[str, Any]) -> None:
-    node = SoftNode("fuzzed")
     if client.get("/v1/nodes/fuzzed").status_code == 404:
-        enrol(client, node)
+        upload_release(client)  # so that the body is appraised, not refused for lack of one
+        enrol(client, simulated("fuzzed"))
     nonce = client.post("/v1/nodes/fuzzed/nonce").json()["nonce"]
     response = client.post("/v1/nodes/fuzzed/evidence", json={"nonce": nonce, "evidence": body})
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "untrusted"
-    assert response.json()["findings"][0]["id"] in ("evidence.format", "quote.signature")
+    failed = {f["id"] for f in response.json()["findings"] if f["severity"] == "fail"}
+    assert failed & {"evidence.format", "ak.known", "quote.signature"}, failed
 
 
 def test_oversized_bodies_are_refused_before_reading(client: TestClient) -> None:
@@ -266,7 +271,7 @@ def test_oversized_bodies_are_refused_before_reading(client: TestClient) -> None
 
 def test_a_retired_release_no_longer_counts(client: TestClient) -> None:
     upload_release(client)
-    node = SoftNode("web-3")
+    node = simulated("web-3")
     enrol(client, node)
     assert submit(client, node)["release"] == "uv 1"
     assert client.delete("/v1/admin/releases/uv/1", headers=ADMIN).status_code == 204

@@ -7,7 +7,7 @@ with its finding id, and an alert with that id reaches a real webhook receiver."
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -142,7 +142,7 @@ def test_genuine_node_is_trusted_and_each_attack_fails_by_id_with_an_alert(
     genuine = submit(client, node, good, nonce=nonce)
     assert (genuine["state"], genuine["release"], failed(genuine)) == ("trusted", "host 1.0", set())
 
-    attacks = {
+    attacks: dict[str, Callable[[], dict[str, Any]]] = {
         "nonce.fresh": lambda: submit(client, node, good, nonce=nonce),
         "ak.known": lambda: submit(client, node, good, quoting=SoftwareTpm()),
         "pcr7.secure-boot": lambda: submit(client, node, secure_boot_off),
