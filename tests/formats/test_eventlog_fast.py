@@ -29,6 +29,8 @@ from ultraviolet.formats.eventlog import (
     replay,
 )
 from ultraviolet.formats.eventlog_fast import (
+    _systemd_log,
+    read_userspace_digests,
     read_userspace_log,
     scan_firmware_log,
     variable_name_and_value,
@@ -218,8 +220,11 @@ def test_x509_fingerprints_equal_the_checked_parser(
 
 def _assert_userspace_is_checked(data: bytes) -> bool:
     fast = read_userspace_log(data)
+    digests = read_userspace_digests(data)
+    assert (digests is None) == (fast is None)
     if fast is None:
         return False
+    assert digests == tuple((e.offset, e.pcr, e.digests) for e in fast)
     assert fast == parse_userspace_log(data)  # must not raise where the fast path answered
     bare = read_userspace_log(data, content=False)
     assert bare is not None
@@ -252,6 +257,9 @@ def test_userspace_fast_path_equals_the_checked_reader(
     answered = _assert_userspace_is_checked(data)
     if data and data.isascii() and not others and not gap.startswith(" "):
         assert answered  # systemd's own records are never left to the checked path
+    plain = all(text.isprintable() and not {'"', "\\"} & set(text) for _, text in strings)
+    if data.isascii() and not others and not gap and plain:  # no escapes: one match a record
+        assert _systemd_log(data.decode("ascii"), False, bare=True) is not None
 
 
 @settings(max_examples=400)
@@ -269,6 +277,60 @@ def test_userspace_fast_path_on_mutated_logs(
         _assert_userspace_is_checked(bytes(data))
 
 
+_DIGEST_ITEMS = st.lists(
+    st.tuples(
+        st.sampled_from(["sha1", "sha256", "sha384", "sha512", "sm3_256", "md5", ""]),
+        st.binary(max_size=66),
+        st.sampled_from(["", "0", "A", " "]),  # odd, uppercase, spaced: not plain hex
+    ),
+    min_size=1,
+    max_size=5,
+)
+_SHORT_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=6)
+
+
+def _systemd_form(
+    pcr: int, items: list[tuple[str, bytes, str]], content_type: str, content: object
+) -> bytes:
+    digests = ",".join(
+        f'{{"hashAlg":{json.dumps(bank)},"digest":"{value.hex() + odd}"}}'
+        for bank, value, odd in items
+    )
+    kind = json.dumps(content_type)
+    members = json.dumps(content, separators=(",", ":"))
+    record = f'{{"pcr":{pcr},"digests":[{digests}],"content_type":{kind},"content":{members}}}'
+    return b"\x1e" + record.encode() + b"\n"
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 30), st.integers(0, 2**40)),
+            _DIGEST_ITEMS,
+            _SHORT_TEXT,
+            st.one_of(st.dictionaries(_SHORT_TEXT, _SHORT_TEXT, max_size=3), _JSON_VALUES),
+        ),
+        max_size=5,
+    )
+)
+def test_userspace_records_in_systemd_form_equal_the_checked_reader(
+    records: list[tuple[int, list[tuple[str, bytes, str]], str, object]],
+) -> None:
+    """Records in the compact form systemd writes, with every digest list, bank, hex and
+    content variation the one-regex reading must take apart as json.loads does."""
+    data = b"".join(_systemd_form(*record) for record in records)
+    try:
+        checked = parse_userspace_log(data)
+    except EventLogError:
+        assert read_userspace_log(data) is None
+        assert read_userspace_digests(data) is None
+        return
+    if _assert_userspace_is_checked(data):
+        return
+    assert checked == () or not data.isascii()  # an ASCII log the checked reader reads
+
+
 def test_fast_paths_give_up_on_what_only_the_checked_reader_explains() -> None:
     written = write_event_log([measured(4, 8, b"x", ("sha256",))], ("sha256",))
     assert scan_firmware_log(written[:-1], "sha256", KEEP) is None  # truncated
@@ -283,3 +345,25 @@ def test_fast_paths_give_up_on_what_only_the_checked_reader_explains() -> None:
     authority = Event(1, 0, 0, 7, EV_EFI_VARIABLE_AUTHORITY, {}, bytes(32))
     assert isinstance(authority.content(), UefiVariable)
     assert variable_name_and_value(authority.data) == ("", b"")
+
+
+def test_scan_applies_a_startup_locality_that_follows_pcr0_measurements() -> None:
+    """replay starts PCR 0 from the StartupLocality wherever the record stands in the log; the
+    scan extends PCR 0 only once it has read the whole log."""
+    banks = ("sha1", "sha256")
+    late = write_event_log(
+        [
+            measured(0, EV_SEPARATOR, b"\0\0\0\0", banks),
+            startup_locality_record(3, banks),
+            measured(0, 8, b"x", banks),
+            measured(4, 8, b"y", banks),
+        ],
+        banks,
+    )
+    assert _assert_scan_is_checked(late, "sha256")
+    scan = scan_firmware_log(late, "sha256", KEEP)
+    assert scan is not None
+    expected = bytes(31) + b"\x03"
+    for data in (b"\0\0\0\0", b"x"):
+        expected = hashlib.sha256(expected + hashlib.sha256(data).digest()).digest()
+    assert scan.replayed[0] == expected

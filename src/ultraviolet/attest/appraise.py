@@ -13,6 +13,7 @@ the PCR, so PCR 4 and 7 events are read only when their digest is recomputed fro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -250,9 +251,17 @@ def _check_nonce(run: _Run) -> bool:
     )
 
 
-def _check_selection(run: _Run) -> bool:
+def _selected(run: _Run) -> dict[str, set[int]]:
+    """The quoted PCRs by bank."""
     assert run.quote is not None
-    selected = {pcr for s in run.quote.selections if s.bank == BANK for pcr in s.pcrs}
+    selected: dict[str, set[int]] = {}
+    for selection in run.quote.selections:
+        selected.setdefault(selection.bank, set()).update(selection.pcrs)
+    return selected
+
+
+def _check_selection(run: _Run) -> bool:
+    selected = _selected(run).get(BANK, set())
     missing = [pcr for pcr in run.accepted.pcrs if pcr not in selected]
     if missing:
         return run.failed(
@@ -262,17 +271,20 @@ def _check_selection(run: _Run) -> bool:
             missing=missing,
             quoted=sorted(selected),
         )
-    return run.passed(
-        _ID.QUOTE_PCR_SELECTION, f"the quote covers {BANK} PCRs {list(run.accepted.pcrs)}"
-    )
+    return run.passed(_ID.QUOTE_PCR_SELECTION, _covers_message(run.accepted.pcrs))
+
+
+@functools.lru_cache(maxsize=64)
+def _covers_message(pcrs: tuple[int, ...]) -> str:
+    return f"the quote covers {BANK} PCRs {list(pcrs)}"
 
 
 def _check_pcr_digest(run: _Run) -> bool:
     assert run.quote is not None and run.signature is not None
-    selected = {(s.bank, pcr) for s in run.quote.selections for pcr in s.pcrs}
-    sent = {(bank, pcr) for bank, values in run.evidence.pcrs.items() for pcr in values}
-    extra = sorted(sent - selected)
-    if extra:
+    selected, sent = _selected(run), run.evidence.pcrs
+    if any(not values.keys() <= selected.get(bank, set()) for bank, values in sent.items()):
+        pairs = {(bank, pcr) for bank, pcrs in selected.items() for pcr in pcrs}
+        extra = sorted({(bank, pcr) for bank, values in sent.items() for pcr in values} - pairs)
         listed = ", ".join(f"{bank}:{pcr}" for bank, pcr in extra)
         return run.failed(_ID.QUOTE_PCR_DIGEST, f"PCR values the quote does not cover: {listed}")
     hash_alg = hash_name(run.signature.hash_alg)

@@ -142,10 +142,16 @@ class Replayed:
 
     @classmethod
     def of(cls, bank: str, values: Mapping[int, bytes], userspace_pcrs: frozenset[int]) -> Replayed:
-        zero = pcr_math.zero_pcr(bank)
-        every_pcr = {pcr: b"\xff" * len(zero) if pcr in DRTM_PCRS else zero for pcr in ALL_PCRS}
+        every_pcr = dict(_initial_values(bank))
         every_pcr.update(values)
         return cls(values, userspace_pcrs, every_pcr=every_pcr)
+
+
+@functools.lru_cache(maxsize=8)
+def _initial_values(bank: str) -> dict[int, bytes]:
+    """Every PCR's value at reset (not to be changed: shared)."""
+    zero = pcr_math.zero_pcr(bank)
+    return {pcr: b"\xff" * len(zero) if pcr in DRTM_PCRS else zero for pcr in ALL_PCRS}
 
 
 _firmware_logs: _Lru[FirmwareLog] = _Lru(CACHED_LOGS)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -223,7 +223,7 @@ def _any_record(body: str, at: int, start: int, content: bool) -> UserspaceEvent
 
 # A record as systemd writes it: compact JSON, its members in this order, strings without
 # escapes, up to four digests, and (in a whole log read at once) content of string members.
-_TEXT = r'"[^"\\\x00-\x1f]*"'  # a JSON string without escapes
+_TEXT = r'"[^"\\\x00-\x1f]*+"'  # a JSON string without escapes
 _DIGEST_ITEM = r'\{"hashAlg":' + _TEXT + r',"digest":' + _TEXT + r"\}"
 _SYSTEMD_RECORD = re.compile(
     r'\{"pcr":(0|[1-9][0-9]{0,8}),'
@@ -231,13 +231,13 @@ _SYSTEMD_RECORD = re.compile(
     rf'"content_type":({_TEXT}),"content":'
 )
 _DIGESTS = re.compile(r'\{"hashAlg":"([^"]*)","digest":"([^"]*)"\}')
-_DIGEST_GROUP = r'\{"hashAlg":"([^"\\\x00-\x1f]*)","digest":"([0-9a-f]*)"\}'
+_DIGEST_GROUP = r'\{"hashAlg":"([^"\\\x00-\x1f]*+)","digest":"([0-9a-f]*+)"\}'
 _FLAT_OBJECT = rf"\{{(?:{_TEXT}:{_TEXT}(?:,{_TEXT}:{_TEXT})*)?\}}"
 _SYSTEMD_LOG_RECORD = re.compile(
     r'\x1e\{"pcr":(0|[1-9][0-9]{0,8}),"digests":\['
     + _DIGEST_GROUP
     + rf"(?:,{_DIGEST_GROUP})?" * 3
-    + rf'\],"content_type":"([^"\\\x00-\x1f]*)","content":({_FLAT_OBJECT})\}}\n'
+    + rf'\],"content_type":"([^"\\\x00-\x1f]*+)","content":({_FLAT_OBJECT})\}}\n'
 )
 
 
@@ -264,49 +264,60 @@ def _systemd_log(text: str, content: bool, *, bare: bool = False) -> tuple[Any, 
     object), else None."""
     events: list[Any] = []
     expected = 0
-    new, sizes = object.__new__, _DIGEST_SIZES
+    new, sizes, fromhex = object.__new__, _DIGEST_SIZES, bytes.fromhex
     for match in _SYSTEMD_LOG_RECORD.finditer(text):
         start = match.start()
         if start != expected:
             return None
         expected = match.end()
-        pcr, bank, hexadecimal, *more, content_type, members = match.groups()
-        try:
-            value = bytes.fromhex(hexadecimal)  # lowercase hex digits, by the pattern
-            digests = {bank: value}
-            if more[0] is not None and not _more_digests(digests, more):
+        groups = match.groups()
+        one, two = groups[1], groups[3]
+        if two is None or groups[5] is not None:  # not sha1 and sha256 as systemd measures
+            digests = _digests(groups[1:9])
+            if digests is None:
                 return None
-        except ValueError:  # an odd number of digits
-            return None
-        if len(value) != sizes.get(bank, len(value)):
-            return None
+        else:
+            try:  # lowercase hex digits, by the pattern
+                first, second = fromhex(groups[2]), fromhex(groups[4])
+            except ValueError:  # an odd number of them
+                return None
+            if (
+                one == two
+                or len(first) != sizes.get(one, len(first))
+                or len(second) != sizes.get(two, len(second))
+            ):
+                return None
+            digests = {one: first, two: second}
         if bare:
-            events.append((start, int(pcr), digests))
+            events.append((start, int(groups[0]), digests))
             continue
         event: UserspaceEvent = new(UserspaceEvent)  # as userspace_event_of
         event.__dict__.update(
             offset=start,
-            pcr=int(pcr),
+            pcr=int(groups[0]),
             digests=digests,
-            content_type=content_type,
-            content=json.loads(members) if content else {},
+            content_type=groups[9],
+            content=json.loads(groups[10]) if content else {},
         )
         events.append(event)
     return tuple(events) if expected == len(text) else None
 
 
-def _more_digests(digests: dict[str, bytes], pairs: list[str | None]) -> bool:
-    """Add the second to fourth (bank, hex) pairs to `digests`; False where the checked reader
-    would refuse them."""
+def _digests(pairs: Sequence[str | None]) -> dict[str, bytes] | None:
+    """The (bank, hex) pairs as userspace_event_of reads them, None where it would refuse."""
+    digests: dict[str, bytes] = {}
     for at in range(0, len(pairs), 2):
         bank, hexadecimal = pairs[at], pairs[at + 1]
         if bank is None or hexadecimal is None:
             break
-        value = bytes.fromhex(hexadecimal)
+        try:
+            value = bytes.fromhex(hexadecimal)
+        except ValueError:
+            return None
         if bank in digests or len(value) != _DIGEST_SIZES.get(bank, len(value)):
-            return False
+            return None
         digests[bank] = value
-    return True
+    return digests
 
 
 def _systemd_record(body: str, start: int, content: bool) -> UserspaceEvent | None:
