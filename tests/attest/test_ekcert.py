@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi.testclient import TestClient
@@ -271,8 +272,11 @@ def test_ca_files_and_chains_are_checked_when_configured(tmp_path: Path, pki: Pk
     )
     with pytest.raises(AttestationError, match="no self-signed root"):
         EkCertificateAuthorities.of([pki.issuing.certificate], NOW)
-    with pytest.raises(AttestationError, match="does not chain to a configured root"):
+    with pytest.raises(AttestationError, match="not a CA chaining to a configured root"):
         EkCertificateAuthorities.of([pki.other_root.certificate, pki.issuing.certificate], NOW)
+    leaf = x509.load_der_x509_certificate(ek_certificate(rsa_key().public_key(), pki.root))
+    with pytest.raises(AttestationError, match="keyCertSign"):  # an EK certificate is no CA
+        EkCertificateAuthorities.of([pki.root.certificate, leaf], NOW)
     (tmp_path / "junk.pem").write_bytes(b"not a certificate")
     with pytest.raises(AttestationError, match="neither PEM certificates nor a DER"):
         load_ca_certificates(tmp_path / "junk.pem")

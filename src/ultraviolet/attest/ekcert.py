@@ -19,9 +19,9 @@ So the end-entity policy here is our own: any extension may be present (a TPM pr
 several web PKI does not know), but the certificate must not be a CA and, if it names extended
 key usages, tcg-kp-EKCertificate must be one of them.
 
-Roots are the self-signed configured certificates; the others are intermediates and must chain
-to a configured root themselves (checked when they are loaded): trusting an intermediate alone
-would keep trusting it after its root is gone from the configuration.
+Roots are the self-signed configured certificates; the others are intermediates and must be CA
+certificates chaining to a configured root (checked when they are loaded): trusting an
+intermediate alone would keep trusting it after its root is gone from the configuration.
 """
 
 from __future__ import annotations
@@ -121,14 +121,16 @@ class EkCertificateAuthorities:
         authorities = cls(roots, intermediates)
         for intermediate in intermediates:
             try:
+                # Checked as a CA itself: a certificate that cannot issue would break every
+                # chain through it later, silently.
+                ca = verification.ExtensionPolicy.webpki_defaults_ca()
                 authorities._builder(now).extension_policies(
-                    ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
-                    ee_policy=verification.ExtensionPolicy.permit_all(),
+                    ca_policy=ca, ee_policy=ca
                 ).build_client_verifier().verify(intermediate, list(intermediates))
             except verification.VerificationError as exc:
                 raise AttestationError(
-                    f"EK CA certificate {intermediate.subject.rfc4514_string()!r} does not "
-                    f"chain to a configured root: {exc}"
+                    f"EK CA certificate {intermediate.subject.rfc4514_string()!r} is not a CA "
+                    f"chaining to a configured root: {exc}"
                 ) from None
         return authorities
 
