@@ -231,6 +231,10 @@ def test_forged_log_entry_hiding_a_rogue_boot_loader_fails_replay(
     appraisal = _appraise(evidence, tpm, accepted)
     assert _failed(appraisal) == {FindingId.EVENTLOG_REPLAY}
     assert "sha256 PCR 4:" in _message(appraisal, FindingId.EVENTLOG_REPLAY)
+    pcr4_events = sum(1 for e in ev.parse_event_log(evidence.firmware_log).events if e.pcr == 4)
+    assert f"PCR 4: {pcr4_events} firmware log events replay to" in _message(
+        appraisal, FindingId.EVENTLOG_REPLAY
+    )
     assert _severities(appraisal)[FindingId.PCR4_BOOT_CHAIN] is Severity.SKIP
     # Without the forgery, the rogue loader itself is named in PCR 4.
     appraisal = _appraise(simulated_evidence(tpm, rogue, NONCE), tpm, accepted)

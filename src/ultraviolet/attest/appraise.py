@@ -31,6 +31,7 @@ from ultraviolet.attest.bootlog import (
     KeyDatabase,
     Pcr7Facts,
     UserspaceLog,
+    firmware_event_counts,
     read_firmware_log,
     read_userspace_log,
     replay_logs,
@@ -344,7 +345,8 @@ def _replay_mismatch(
     run: _Run, bank: str, pcr: int, expected: bytes, quoted: bytes, userspace: bool
 ) -> str:
     assert run.firmware is not None
-    source = f"{run.firmware.event_counts.get(pcr, 0)} firmware log events"
+    counts = firmware_event_counts(run.evidence.firmware_log)
+    source = f"{counts.get(pcr, 0)} firmware log events"
     if userspace:
         assert run.userspace is not None
         more = sum(1 for _, at, digests in run.userspace.events if at == pcr and bank in digests)

@@ -118,7 +118,6 @@ class FirmwareLog:
     """What the appraisal needs of a firmware log; not the events themselves."""
 
     sha256: bytes  # of the log: the cache key
-    event_counts: Mapping[int, int]  # PCR -> measured events (EV_NO_ACTION excluded)
     pcr4: Pcr4Facts
     pcr7: Pcr7Facts
     replayed: Mapping[int, bytes] | str  # in BANK, or why the log cannot be replayed
@@ -180,7 +179,7 @@ def _firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
     if scan is not None:  # the common well-formed log, read in one pass
         kept, to_event = scan.kept, scan.event
         pcr4, pcr7 = _pcr4(kept.get(4, ()), to_event), _pcr7(kept.get(7, ()), to_event)
-        return FirmwareLog(key, scan.event_counts, pcr4, pcr7, scan.replayed)
+        return FirmwareLog(key, pcr4, pcr7, scan.replayed)
     return _checked_firmware_facts(key, data)
 
 
@@ -196,10 +195,9 @@ def _checked_firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
         replayed = replay(log, BANK)
     except FormatError as exc:
         replayed = str(exc)
-    counts = {pcr: len(events) for pcr, events in by_pcr.items()}
     pcr4 = _pcr4(by_pcr.get(4, ()), _the_event)
     pcr7 = _pcr7(by_pcr.get(7, ()), _the_event)
-    return FirmwareLog(key, counts, pcr4, pcr7, replayed)
+    return FirmwareLog(key, pcr4, pcr7, replayed)
 
 
 def _the_event(measured: _Measured) -> Event:
@@ -267,6 +265,16 @@ def _replay_userspace(
 
 def _as_events(events: Sequence[UserspaceDigests]) -> list[UserspaceEvent]:
     return [UserspaceEvent(offset, pcr, digests, None, {}) for offset, pcr, digests in events]
+
+
+def firmware_event_counts(data: bytes) -> dict[int, int]:
+    """PCR -> measured events (EV_NO_ACTION excluded) of a log read_firmware_log read: for
+    reports only, so counted when a report needs them rather than on every read."""
+    counts: dict[int, int] = {}
+    for event in parse_event_log(data).events:
+        if event.event_type != EV_NO_ACTION:
+            counts[event.pcr] = counts.get(event.pcr, 0) + 1
+    return counts
 
 
 def clear_caches() -> None:

@@ -59,7 +59,6 @@ class FirmwareScan:
     """A crypto-agile log as replay sees it, plus the measured events of a few PCRs."""
 
     spec_id: SpecId
-    event_counts: dict[int, int]  # PCR -> measured events (EV_NO_ACTION excluded)
     replayed: dict[int, bytes]  # = replay(parse_event_log(data), bank)
     kept: dict[int, list[KeptEvent]]  # PCR -> its measured events, for the PCRs asked for
     layout: _RecordLayout
@@ -91,8 +90,8 @@ def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> Firmware
         return None
     if scanned is None:
         return None
-    counts, replayed, kept = scanned
-    return FirmwareScan(spec_id, counts, replayed, kept, layout)
+    replayed, kept = scanned
+    return FirmwareScan(spec_id, replayed, kept, layout)
 
 
 @functools.lru_cache(maxsize=64)
@@ -109,7 +108,7 @@ def _spec_id_and_layout(record: bytes) -> tuple[SpecId, _RecordLayout] | None:
     return spec_id, _RecordLayout.of(spec_id)
 
 
-_Scanned = tuple[dict[int, int], dict[int, bytes], dict[int, list[KeptEvent]]]
+_Scanned = tuple[dict[int, bytes], dict[int, list[KeptEvent]]]
 
 
 def _scan_records(
@@ -120,12 +119,11 @@ def _scan_records(
     hasher: Callable[[bytes], Any],
     keep: frozenset[int],
 ) -> _Scanned | None:
-    """Each PCR's event count and replayed value in `field`'s bank, and the kept events; None
+    """Each PCR's replayed value in `field`'s bank and the kept events; None
     at the first record that is not the Spec ID's layout or not a plain StartupLocality."""
     end, unpack, head_size = len(data), layout.head.unpack_from, layout.head.size
     algorithms, count = layout.algorithms, len(layout.algorithms)
     zero = bytes(len(hasher(b"").digest()))
-    counts: dict[int, int] = {}
     values: dict[int, bytes] = {}
     pcr0: list[bytes] = []  # replayed last: its start depends on the StartupLocality record
     kept: dict[int, list[KeptEvent]] = {}
@@ -146,7 +144,6 @@ def _scan_records(
                     locality = data[data_offset + 16]
         else:
             digest = fields[field]
-            counts[pcr] = counts.get(pcr, 0) + 1
             if pcr:
                 values[pcr] = hasher(values.get(pcr, zero) + digest).digest()
             else:
@@ -161,7 +158,7 @@ def _scan_records(
         for digest in pcr0:
             current = hasher(current + digest).digest()
         values[0] = current
-    return counts, values, kept
+    return values, kept
 
 
 def variable_name_and_value(data: bytes) -> tuple[str, bytes] | None:
