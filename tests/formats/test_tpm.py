@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from ultraviolet.formats.tpm import (
     verify_quote,
     verify_signature,
 )
-from ultraviolet.formats.tpm_structures import _read_quote, _read_quote_fast
+from ultraviolet.formats.tpm_structures import _read_quote, _read_quote_fast, _read_signature
 
 WINDOWS = Path("/work/shared/testdata/eventlogs/windows_gcp_shielded_vm.json")
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -514,3 +515,27 @@ def test_quote_fast_path_on_mutated_quotes(mutations: list[tuple[int, int]], cut
         data[offset % len(data)] = value
     _fast_quote_is_checked(bytes(data))
     _fast_quote_is_checked(bytes(data[:cut]))
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from([ALG_RSASSA, ALG_RSAPSS, ALG_ECDSA, 0x0001]),
+    st.sampled_from([0x0004, 0x000B, 0x000D, 0x0099]),
+    st.binary(max_size=300),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3),
+    st.integers(0, 400),
+)
+def test_signature_fast_path_equals_the_checked_reader(
+    scheme: int, hash_alg: int, body: bytes, mutations: list[tuple[int, int]], cut: int
+) -> None:
+    data = bytearray(struct.pack(">HHH", scheme, hash_alg, len(body)) + body)
+    for offset, value in mutations:
+        data[offset % len(data)] = value
+    for candidate in (bytes(data), bytes(data[:cut])):
+        try:
+            checked = _read_signature(candidate)
+        except TpmError:
+            with pytest.raises(TpmError):
+                parse_signature(candidate)
+            continue
+        assert parse_signature(candidate) == checked

@@ -373,6 +373,7 @@ def parse_quote(data: Bytes) -> Quote:
 
 
 _QUOTE_TAIL = struct.Struct(">QIIBQI")  # clockInfo, firmwareVersion, the selection count
+_RSA_SIGNATURE_HEAD = struct.Struct(">HHH")  # sigAlg, hash, the signature's size
 
 
 def _read_quote_fast(data: bytes) -> Quote | None:
@@ -442,6 +443,15 @@ class Signature:
 
 
 def parse_signature(data: Bytes) -> Signature:
+    if isinstance(data, bytes) and len(data) >= 6:  # an RSA signature, read by offsets
+        scheme, hash_alg, size = _RSA_SIGNATURE_HEAD.unpack_from(data)
+        rsa_scheme = scheme in (ALG_RSASSA, ALG_RSAPSS)
+        if rsa_scheme and hash_alg in HASH_ALGORITHMS and 6 + size == len(data):
+            return Signature(scheme, hash_alg, rsa=data[6:])
+    return _read_signature(data)
+
+
+def _read_signature(data: Bytes) -> Signature:
     r = Reader(data, "TPMT_SIGNATURE", TpmError)
     scheme = _u16(r)
     if scheme not in (ALG_RSASSA, ALG_RSAPSS, ALG_ECDSA):
