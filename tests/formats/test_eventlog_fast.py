@@ -253,7 +253,9 @@ def test_userspace_fast_path_equals_the_checked_reader(
     answered = _assert_userspace_is_checked(data)
     if data and data.isascii() and not others and not gap.startswith(" "):
         assert answered  # systemd's own records are never left to the checked path
-    plain = all(text.isprintable() and not {'"', "\\"} & set(text) for _, text in strings)
+    plain = all(
+        text.isascii() and text.isprintable() and not {'"', "\\"} & set(text) for _, text in strings
+    )
     if data.isascii() and not others and not gap and plain:  # no escapes: one match a record
         assert _systemd_log(data.decode("ascii"), False, bare=True) is not None
 

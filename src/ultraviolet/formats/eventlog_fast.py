@@ -84,10 +84,7 @@ def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> Firmware
         return None
     spec_id, layout = header
     field = dict(layout.digest_fields)[bank]
-    try:
-        scanned = _scan_records(data, end, layout, field, _HASHERS[bank], frozenset(keep))
-    except struct.error:  # a record head cut short by the end of the log
-        return None
+    scanned = _scan_records(data, end, layout, field, _HASHERS[bank], frozenset(keep))
     if scanned is None:
         return None
     replayed, kept = scanned
@@ -119,8 +116,9 @@ def _scan_records(
     hasher: Callable[[bytes], Any],
     keep: frozenset[int],
 ) -> _Scanned | None:
-    """Each PCR's replayed value in `field`'s bank and the kept events; None
-    at the first record that is not the Spec ID's layout or not a plain StartupLocality."""
+    """Each PCR's replayed value in `field`'s bank and the kept events; None at the first
+    record that is not the Spec ID's layout or not a plain StartupLocality, or that does not
+    end where the log ends (the record after it cannot be read: struct.error)."""
     end, unpack, head_size = len(data), layout.head.unpack_from, layout.head.size
     algorithms, count = layout.algorithms, len(layout.algorithms)
     zero = bytes(len(hasher(b"").digest()))
@@ -129,30 +127,42 @@ def _scan_records(
     kept: dict[int, list[KeptEvent]] = {}
     locality: int | None = None
     index = 1
-    while offset < end:
-        fields = unpack(data, offset)  # struct.error past the end
-        data_offset = offset + head_size
-        stop = data_offset + fields[-1]
-        if fields[2] != count or fields[3:-1:2] != algorithms or stop > end:
-            return None
-        pcr, event_type = fields[0], fields[1]
-        if event_type == EV_NO_ACTION:
-            if pcr == 0 and data.startswith(STARTUP_LOCALITY_SIGNATURE, data_offset):
-                if stop - data_offset != 17:  # replay would raise on its content
-                    return None
-                if locality is None:
-                    locality = data[data_offset + 16]
-        else:
-            digest = fields[field]
-            if pcr:
-                values[pcr] = hasher(values.get(pcr, zero) + digest).digest()
+    try:
+        while True:  # until the head after the last record cannot be read
+            fields = unpack(data, offset)
+            data_offset = offset + head_size
+            stop = data_offset + fields[-1]
+            if fields[2] != count or fields[3:-1:2] != algorithms:
+                return None
+            pcr, event_type = fields[0], fields[1]
+            if event_type == EV_NO_ACTION:
+                if pcr == 0 and data.startswith(STARTUP_LOCALITY_SIGNATURE, data_offset):
+                    if stop - data_offset != 17:  # replay would raise on its content
+                        return None
+                    if locality is None:
+                        locality = data[data_offset + 16]
             else:
-                pcr0.append(digest)
-            if pcr in keep:
-                record = (index, offset, pcr, event_type, digest, data[data_offset:stop], fields)
-                kept.setdefault(pcr, []).append(record)
-        index += 1
-        offset = stop
+                digest = fields[field]
+                if pcr:
+                    values[pcr] = hasher(values.get(pcr, zero) + digest).digest()
+                else:
+                    pcr0.append(digest)
+                if pcr in keep:
+                    record = (
+                        index,
+                        offset,
+                        pcr,
+                        event_type,
+                        digest,
+                        data[data_offset:stop],
+                        fields,
+                    )
+                    kept.setdefault(pcr, []).append(record)
+            index += 1
+            offset = stop
+    except (struct.error, IndexError):
+        if offset != end:  # a record cut short, or one that overruns the log
+            return None
     if pcr0:
         current = zero if locality is None else zero[:-1] + bytes((locality,))
         for digest in pcr0:
