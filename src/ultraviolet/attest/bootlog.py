@@ -238,26 +238,33 @@ def _replay_both(
     if isinstance(values, str):
         return Replayed({}, frozenset(), firmware_error=values)
     events = userspace.events
-    extended = frozenset(pcr for _, pcr, digests in events if bank in digests and pcr is not None)
+    extended: set[int] = set()  # the PCRs the userspace log extends in `bank`
     try:
-        return Replayed.of(bank, _replay_userspace(events, bank, values), extended)
+        replayed = _replay_userspace(events, bank, values, extended)
     except FormatError as exc:
-        return Replayed({}, extended, userspace_error=str(exc))
+        return Replayed({}, frozenset(extended), userspace_error=str(exc))
+    return Replayed.of(bank, replayed, frozenset(extended))
 
 
 def _replay_userspace(
-    events: Sequence[UserspaceDigests], bank: str, start: Mapping[int, bytes]
+    events: Sequence[UserspaceDigests],
+    bank: str,
+    start: Mapping[int, bytes],
+    extended: set[int],
 ) -> dict[int, bytes]:
-    """replay_userspace(events, bank, start) of the events' digests."""
+    """replay_userspace(events, bank, start) of the events' digests; adds to `extended` the
+    PCRs extended."""
     if bank not in pcr_math.BANKS:
         return replay_userspace(_as_events(events), bank, start)  # which says what is wrong
-    hasher, zero = getattr(hashlib, bank), pcr_math.zero_pcr(bank)
+    hasher, zero = getattr(hashlib, bank), _initial_values(bank)[0]
     size, values = len(zero), dict(start)
     for _, pcr, digests in events:
         value = digests.get(bank)
         if pcr is None or value is None:
             continue
+        extended.add(pcr)
         if len(value) != size:
+            extended.update(e[1] for e in events if e[1] is not None and bank in e[2])
             return replay_userspace(_as_events(events), bank, start)  # which says where
         values[pcr] = hasher(values.get(pcr, zero) + value).digest()
     return values

@@ -403,10 +403,22 @@ def _read_quote_fast(data: bytes) -> Quote | None:
         )
     if at + 2 > end or at + 2 + int.from_bytes(data[at : at + 2]) != end:
         return None
-    clock_info = ClockInfo(clock, resets, restarts, bool(safe))
-    signer, extra = data[8:signer_end], data[signer_end + 2 : extra_end]
-    attested = data[extra_end + 25 :]
-    attest = Attest(ST_ATTEST_QUOTE, signer, extra, clock_info, firmware, attested)
+    # As the event log readers do: fill the frozen dataclasses' fields directly, not through
+    # object.__setattr__ per field (most of the cost of reading a quote otherwise).
+    clock_info: ClockInfo = object.__new__(ClockInfo)
+    clock_info.__dict__.update(
+        clock=clock, reset_count=resets, restart_count=restarts, safe=bool(safe)
+    )
+    attest: Attest = object.__new__(Attest)
+    attest.__dict__.update(
+        type=ST_ATTEST_QUOTE,
+        qualified_signer=data[8:signer_end],
+        extra_data=data[signer_end + 2 : extra_end],
+        clock_info=clock_info,
+        firmware_version=firmware,
+        attested=data[extra_end + 25 :],
+        magic=TPM_GENERATED_VALUE,
+    )
     return Quote(attest, QuoteInfo(tuple(selections), data[at + 2 :]))
 
 
