@@ -284,10 +284,13 @@ def firmware_event_counts(data: bytes) -> dict[int, int]:
     return counts
 
 
-def clear_caches() -> None:
-    """Forget every log read so far (benchmarks measure the first evidence of a boot)."""
+def clear_caches(*, shared_values: bool = False) -> None:
+    """Forget every log read so far (benchmarks measure the first evidence of a boot), and
+    with `shared_values` the facts of the PCR 7 values every node measures alike too."""
     for cache in (_firmware_logs, _userspace_logs, _replays):
         cache.clear()
+    if shared_values:
+        _variable_facts.cache_clear()
 
 
 def cache_statistics() -> dict[str, tuple[int, int]]:
