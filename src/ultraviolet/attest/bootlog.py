@@ -158,9 +158,9 @@ _userspace_logs: _Lru[UserspaceLog] = _Lru(CACHED_LOGS)
 _replays: _Lru[Replayed] = _Lru(CACHED_LOGS)
 
 
-# A measured event of PCR 4 or 7 as the facts are read from it: (index, offset, pcr, event type,
-# its BANK digest or None, data, a handle _Events.event turns into the Event to report).
-_Measured = tuple[int, int, int, int, bytes | None, bytes, Any]
+# A measured event of PCR 4 or 7 as the facts are read from it: (offset, pcr, event type, its
+# BANK digest or None, data, a handle the _ToEvent given with it turns into the Event to report).
+_Measured = tuple[int, int, int, bytes | None, bytes, Any]
 _ToEvent = Callable[[Any], Event]  # takes the _Measured it was given
 
 
@@ -188,7 +188,7 @@ def _checked_firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
     by_pcr: dict[int, list[_Measured]] = {}
     for e in log.events:
         if e.event_type != EV_NO_ACTION:
-            measured = (e.index, e.offset, e.pcr, e.event_type, e.digests.get(BANK), e.data, e)
+            measured = (e.offset, e.pcr, e.event_type, e.digests.get(BANK), e.data, e)
             by_pcr.setdefault(e.pcr, []).append(measured)
     replayed: Mapping[int, bytes] | str
     try:
@@ -201,7 +201,7 @@ def _checked_firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
 
 
 def _the_event(measured: _Measured) -> Event:
-    event: Event = measured[6]
+    event: Event = measured[5]
     return event
 
 
@@ -306,9 +306,9 @@ def _pcr4(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr4Facts:
     applications = []
     disguised = None
     for measured in events:
-        if measured[3] == EV_EFI_BOOT_SERVICES_APPLICATION:
-            applications.append(measured[4] or b"")
-        elif disguised is None and not _covers_data(measured[4], measured[5]):
+        if measured[2] == EV_EFI_BOOT_SERVICES_APPLICATION:
+            applications.append(measured[3] or b"")
+        elif disguised is None and not _covers_data(measured[3], measured[4]):
             disguised = to_event(measured)
     return Pcr4Facts(tuple(applications), disguised)
 
@@ -319,7 +319,7 @@ def _pcr7(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr7Facts:
     databases: dict[str, KeyDatabase | None] = dict.fromkeys(KEY_DATABASES)
     authorities: list[bytes] = []
     for measured in events:
-        event_type, digest, data = measured[3], measured[4], measured[5]
+        event_type, digest, data = measured[2], measured[3], measured[4]
         if uncovered is None and not _covers_data(digest, data):
             uncovered = to_event(measured)
         if event_type not in _VARIABLE_EVENTS:

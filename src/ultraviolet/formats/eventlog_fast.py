@@ -34,7 +34,6 @@ from ultraviolet.formats.eventlog import (
     _is_spec_id_event,
     _read_legacy_event,
     _read_spec_id,
-    _RecordLayout,
     userspace_event_of,
 )
 from ultraviolet.formats.eventlog_userspace import _DIGEST_SIZES
@@ -48,10 +47,32 @@ _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _JSON = json.JSONDecoder()
 
 
-# A measured event of a kept PCR as the scan leaves it: (index, offset, pcr, event type, its
-# digest in the scanned bank, data, the record's unpacked head). FirmwareScan.event() makes the
-# Event; the verifier makes one only for an event it reports.
-KeptEvent = tuple[int, int, int, int, bytes, bytes, tuple[Any, ...]]
+# A measured event of a kept PCR as the scan leaves it: (offset, pcr, event type, its digest in
+# the scanned bank, data, the record's unpacked head). FirmwareScan.event() makes the Event;
+# the verifier makes one only for an event it reports.
+KeptEvent = tuple[int, int, int, bytes, bytes, tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class _ScanLayout:
+    """TCG_PCR_EVENT2 up to the data size when it carries every bank of the Spec ID in order,
+    as firmware writes it, with the digest count and algorithm IDs read as the bytes they must
+    be: one unpack and one comparison check a record's layout."""
+
+    head: struct.Struct
+    ids: tuple[bytes, ...]  # count and first algorithm, then each further algorithm
+    digest_fields: tuple[tuple[str, int], ...]  # (bank, index of its digest in the fields)
+
+    @classmethod
+    def of(cls, spec_id: SpecId) -> _ScanLayout | None:
+        if not spec_id.algorithms:
+            return None
+        (first, first_size), *others = spec_id.algorithms
+        fields = f"<II6s{first_size}s" + "".join(f"2s{size}s" for _, size in others) + "I"
+        ids = struct.pack("<IH", len(spec_id.algorithms), first)
+        ids_more = tuple(struct.pack("<H", algorithm) for algorithm, _ in others)
+        digests = tuple((bank, 3 + 2 * number) for number, bank in enumerate(spec_id.banks))
+        return cls(struct.Struct(fields), (ids, *ids_more), digests)
 
 
 @dataclass(frozen=True)
@@ -61,14 +82,20 @@ class FirmwareScan:
     spec_id: SpecId
     replayed: dict[int, bytes]  # = replay(parse_event_log(data), bank)
     kept: dict[int, list[KeptEvent]]  # PCR -> its measured events, for the PCRs asked for
-    layout: _RecordLayout
+    layout: _ScanLayout
+    data: bytes  # the log
+    first: int  # offset of the record after the Spec ID record
 
     def event(self, kept: KeptEvent) -> Event:
         """The Event parse_event_log reads for this record."""
-        index, offset, pcr, event_type, _, data, fields = kept
+        offset, pcr, event_type, _, data, fields = kept
         digests = {bank: fields[at] for bank, at in self.layout.digest_fields}
-        data_offset = offset + self.layout.head.size
-        return Event(index, offset, data_offset, pcr, event_type, digests, data)
+        head = self.layout.head
+        index, at = 1, self.first  # (counted here: the scan does not, for every record)
+        while at < offset:
+            at += head.size + head.unpack_from(self.data, at)[-1]
+            index += 1
+        return Event(index, offset, offset + head.size, pcr, event_type, digests, data)
 
     def events(self, pcr: int) -> list[Event]:
         return [self.event(kept) for kept in self.kept.get(pcr, [])]
@@ -88,11 +115,11 @@ def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> Firmware
     if scanned is None:
         return None
     replayed, kept = scanned
-    return FirmwareScan(spec_id, replayed, kept, layout)
+    return FirmwareScan(spec_id, replayed, kept, layout, data, end)
 
 
 @functools.lru_cache(maxsize=64)
-def _spec_id_and_layout(record: bytes) -> tuple[SpecId, _RecordLayout] | None:
+def _spec_id_and_layout(record: bytes) -> tuple[SpecId, _ScanLayout] | None:
     """The Spec ID record's meaning, None if it is not one. Every log of a firmware build
     starts with the same record, so it is read once (a pure function of these bytes)."""
     try:
@@ -102,7 +129,8 @@ def _spec_id_and_layout(record: bytes) -> tuple[SpecId, _RecordLayout] | None:
         spec_id = _read_spec_id(first.data, first.data_offset)
     except FormatError:
         return None
-    return spec_id, _RecordLayout.of(spec_id)
+    layout = _ScanLayout.of(spec_id)
+    return None if layout is None else (spec_id, layout)
 
 
 _Scanned = tuple[dict[int, bytes], dict[int, list[KeptEvent]]]
@@ -111,7 +139,7 @@ _Scanned = tuple[dict[int, bytes], dict[int, list[KeptEvent]]]
 def _scan_records(
     data: bytes,
     offset: int,
-    layout: _RecordLayout,
+    layout: _ScanLayout,
     field: int,
     hasher: Callable[[bytes], Any],
     keep: frozenset[int],
@@ -119,20 +147,18 @@ def _scan_records(
     """Each PCR's replayed value in `field`'s bank and the kept events; None at the first
     record that is not the Spec ID's layout or not a plain StartupLocality, or that does not
     end where the log ends (the record after it cannot be read: struct.error)."""
-    end, unpack, head_size = len(data), layout.head.unpack_from, layout.head.size
-    algorithms, count = layout.algorithms, len(layout.algorithms)
+    end, unpack, head_size, ids = len(data), layout.head.unpack_from, layout.head.size, layout.ids
     zero = bytes(len(hasher(b"").digest()))
     values: dict[int, bytes] = {}
     pcr0: list[bytes] = []  # replayed last: its start depends on the StartupLocality record
     kept: dict[int, list[KeptEvent]] = {}
     locality: int | None = None
-    index = 1
     try:
         while True:  # until the head after the last record cannot be read
             fields = unpack(data, offset)
             data_offset = offset + head_size
             stop = data_offset + fields[-1]
-            if fields[2] != count or fields[3:-1:2] != algorithms:
+            if fields[2:-1:2] != ids:  # the digest count and algorithms
                 return None
             pcr, event_type = fields[0], fields[1]
             if event_type == EV_NO_ACTION:
@@ -148,17 +174,8 @@ def _scan_records(
                 else:
                     pcr0.append(digest)
                 if pcr in keep:
-                    record = (
-                        index,
-                        offset,
-                        pcr,
-                        event_type,
-                        digest,
-                        data[data_offset:stop],
-                        fields,
-                    )
+                    record = (offset, pcr, event_type, digest, data[data_offset:stop], fields)
                     kept.setdefault(pcr, []).append(record)
-            index += 1
             offset = stop
     except (struct.error, IndexError):
         if offset != end:  # a record cut short, or one that overruns the log
