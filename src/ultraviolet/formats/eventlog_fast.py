@@ -69,10 +69,10 @@ class _ScanLayout:
             return None
         (first, first_size), *others = spec_id.algorithms
         fields = f"<II6s{first_size}s" + "".join(f"2s{size}s" for _, size in others) + "I"
-        ids = struct.pack("<IH", len(spec_id.algorithms), first)
-        ids_more = tuple(struct.pack("<H", algorithm) for algorithm, _ in others)
+        count_and_first = struct.pack("<IH", len(spec_id.algorithms), first)
+        more = tuple(struct.pack("<H", algorithm) for algorithm, _ in others)
         digests = tuple((bank, 3 + 2 * number) for number, bank in enumerate(spec_id.banks))
-        return cls(struct.Struct(fields), (ids, *ids_more), digests)
+        return cls(struct.Struct(fields), (count_and_first, *more), digests)
 
 
 @dataclass(frozen=True)
