@@ -68,7 +68,7 @@ def _short(value: bytes) -> str:
     return value.hex()[:16]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Run:
     """One appraisal in progress: the findings so far and what they established."""
 
@@ -85,6 +85,7 @@ class _Run:
     replayed: set[int] = field(default_factory=set)  # BANK PCRs whose log matched the quote
     booted_uki: bytes | None = None  # the UKI PCR 4 measured
     release: str | None = None
+    selected: dict[str, set[int]] | None = None  # the quote's PCRs by bank, once read
 
     def record(
         self, finding_id: FindingId, severity: Severity, message: str, **details: Any
@@ -255,10 +256,11 @@ def _check_nonce(run: _Run) -> bool:
 def _selected(run: _Run) -> dict[str, set[int]]:
     """The quoted PCRs by bank."""
     assert run.quote is not None
-    selected: dict[str, set[int]] = {}
-    for selection in run.quote.selections:
-        selected.setdefault(selection.bank, set()).update(selection.pcrs)
-    return selected
+    if run.selected is None:
+        run.selected = {}
+        for selection in run.quote.selections:
+            run.selected.setdefault(selection.bank, set()).update(selection.pcrs)
+    return run.selected
 
 
 def _check_selection(run: _Run) -> bool:

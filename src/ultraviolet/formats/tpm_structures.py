@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -58,7 +58,12 @@ HASH_ALGORITHMS: dict[int, tuple[str, int, type[hashes.HashAlgorithm]]] = {
     0x0028: ("sha3_384", 48, hashes.SHA3_384),
     0x0029: ("sha3_512", 64, hashes.SHA3_512),
 }
-_HASHLIB = frozenset({"sha1", "sha256", "sha384", "sha512"})
+_HASHLIB: dict[str, Callable[[bytes], hashlib._Hash]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+}
 _HASH_IDS = {name: alg for alg, (name, _, _) in HASH_ALGORITHMS.items()}
 # TPM_ECC_CURVE -> (curve, coordinate size in bytes)
 ECC_CURVES: dict[int, tuple[type[ec.EllipticCurve], int]] = {
@@ -117,8 +122,9 @@ def hash_id(name: str) -> int:
 
 def digest(name: str, data: bytes) -> bytes:
     """H_name(data) for a TPM hash algorithm name."""
-    if name in _HASHLIB:  # the same digest, without a cryptography Hash object per call
-        return hashlib.new(name, data).digest()
+    stdlib = _HASHLIB.get(name)
+    if stdlib is not None:  # the same digest, without a cryptography Hash object per call
+        return stdlib(data).digest()
     try:
         hasher = hashes.Hash(HASH_ALGORITHMS[hash_id(name)][2]())
     except UnsupportedAlgorithm as exc:
