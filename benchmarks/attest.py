@@ -175,6 +175,10 @@ def main() -> int:
             f"  {label:40s}: {value * 1e6:7.1f} us  {1 / value:8.0f} /s/core"
             f"  {value / floor:5.2f}x the floor"
         )
+    print(
+        "  (a first evidence still finds cached: AK key objects per AK, Spec ID layouts and, but\n"
+        "  in the row that clears them, PCR 7 values' certificates; never a log or a replay)"
+    )
     return 0
 
 
