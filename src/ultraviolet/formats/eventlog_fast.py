@@ -62,6 +62,7 @@ class _ScanLayout:
     head: struct.Struct
     ids: tuple[bytes, ...]  # count and first algorithm, then each further algorithm
     digest_fields: tuple[tuple[str, int], ...]  # (bank, index of its digest in the fields)
+    digest_field: dict[str, int]  # the same by bank
 
     @classmethod
     def of(cls, spec_id: SpecId) -> _ScanLayout | None:
@@ -72,7 +73,7 @@ class _ScanLayout:
         count_and_first = struct.pack("<IH", len(spec_id.algorithms), first)
         more = tuple(struct.pack("<H", algorithm) for algorithm, _ in others)
         digests = tuple((bank, 3 + 2 * number) for number, bank in enumerate(spec_id.banks))
-        return cls(struct.Struct(fields), (count_and_first, *more), digests)
+        return cls(struct.Struct(fields), (count_and_first, *more), digests, dict(digests))
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,13 @@ def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> Firmware
         return None
     end = _LEGACY_HEAD.size + _LEGACY_HEAD.unpack_from(data)[-1]
     header = _spec_id_and_layout(data[:end]) if end <= len(data) else None
-    if header is None or bank not in header[0].banks or bank not in _HASHERS:
+    if header is None:
         return None
     spec_id, layout = header
-    field = dict(layout.digest_fields)[bank]
-    scanned = _scan_records(data, end, layout, field, _HASHERS[bank], frozenset(keep))
+    field, hasher = layout.digest_field.get(bank), _HASHERS.get(bank)
+    if field is None or hasher is None:  # the log has no such bank, or replay knows none
+        return None
+    scanned = _scan_records(data, end, layout, field, hasher, frozenset(keep))
     if scanned is None:
         return None
     replayed, kept = scanned
