@@ -9,7 +9,9 @@ log replays to the quoted value of that PCR.
 
 A miss (the first evidence after each boot: a fleet's reboot storm) reads the log in one pass
 (formats/eventlog_fast.py: digests per PCR for replay, whole events only of PCR 4 and 7) and
-falls back to the checked reader for anything unusual, which then says what is wrong.
+falls back to the checked reader for anything unusual, which then says what is wrong. The
+facts of a PK, KEK, db or db entry value in PCR 7 are kept per distinct value (every node of a
+fleet measures the same ones); each event is still hashed against its digest.
 """
 
 from __future__ import annotations

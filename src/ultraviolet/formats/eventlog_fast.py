@@ -5,8 +5,14 @@ The verifier reads every node's logs on the first evidence after a boot (a fleet
 so this is its hot path. Each function here answers exactly what the checked reader in
 eventlog.py (parse_event_log, replay, Event.content, parse_userspace_log) answers, or None
 where the input is anything but the common well-formed case: the caller then takes the checked
-path, which raises the precise error. tests/formats/test_eventlog.py holds them equal on
-generated and real logs.
+path, which raises the precise error. tests/formats/test_eventlog_fast.py holds them equal on
+generated, mutated and real logs.
+
+Firmware log: one struct.unpack per record, the digest count and algorithm IDs compared as
+bytes, each digest extended into its PCR as it is read (replay), and only PCR 4 and 7 events
+kept. Userspace log: a log whose every record is in systemd's own compact form is read by one
+regular expression per record (only a content object is left to json); any other goes record
+by record through the JSON decoder.
 """
 
 from __future__ import annotations
