@@ -45,7 +45,7 @@ BASE_PACKAGES = (
     "e2fsprogs",
     "btrfs-progs",
     # cfg80211 asks for regulatory.db when it loads, and systemd-networkd loads it (its
-    # lookup of the nl80211 netlink family autoloads the module) on nodes with networking.
+    # enumeration of nl80211 autoloads the module; systemd issue 27520) on nodes with networking.
     # Without the file the firmware loader tries a load without a file (sysfs fallback),
     # which IPE's FIRMWARE rule denies: one denial per boot. With it, the file (and its
     # signature, which cfg80211 checks) comes from the signed /usr.
