@@ -45,6 +45,7 @@ class StageClock:
 
     STAGES: ClassVar[dict[str, str]] = {
         "rendering": "render tree",
+        "resolving the packages": "package set-id check",
         "running mkosi": "mkosi",
         "checking /usr": "/usr checks",
         "release:": "copy release",

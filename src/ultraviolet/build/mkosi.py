@@ -129,13 +129,14 @@ def run_mkosi_reusing(
     certificate_path: Path,
     *,
     check: Callable[[MkosiOutputs], None] = lambda outputs: None,
+    before: Callable[[], None] = lambda: None,
     progress: Progress | None = None,
 ) -> tuple[MkosiOutputs, bool]:
     """Run mkosi unless `output_dir` already holds its build of the same tree signed with the
     same key; the second value says whether the earlier build was reused. Everything that only
     touches the UKI (command line, IPE policy, profiles) stays out of the tree, so changing it
-    reuses /usr: no package download, no erofs or verity rebuild. A fresh build is recorded
-    as reusable only once `check` accepted it."""
+    reuses /usr: no package download, no erofs or verity rebuild. `before` runs only when
+    mkosi is about to; a fresh build is recorded as reusable only once `check` accepted it."""
     stamp = output_dir / ".built-from"
     certificate_digest = hashlib.sha256(certificate_path.read_bytes()).hexdigest()
     wanted = f"tree {tree_digest(tree)}\ncertificate {certificate_digest}\n"
@@ -145,6 +146,7 @@ def run_mkosi_reusing(
         except BuildError:
             pass  # outputs gone or damaged: build again
     stamp.unlink(missing_ok=True)
+    before()
     outputs = run_mkosi(tree, output_dir, key_path, certificate_path, progress=progress)
     check(outputs)
     stamp.write_text(wanted)

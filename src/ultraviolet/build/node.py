@@ -63,8 +63,6 @@ def build_node(
     say = progress or (lambda line: None)
     say(f"rendering the mkosi tree for {policy.image.name} {policy.image.version}")
     rendered = render_tree(policy, output / "tree")
-    say("resolving the packages mkosi will install: set-id files need integrity.suid_allow")
-    check_package_set_ids(policy, rendered.directory)
     if policy.update.source:
         # The key systemd-sysupdate (systemd-pull) checks SHA256SUMS.gpg against.
         pubring = rendered.directory / "mkosi.extra" / PUBRING
@@ -143,13 +141,20 @@ def _mkosi_stage(
         allowed = (*policy.integrity.suid_allow, *policy.integrity.capabilities_allow)
         check_usr_partition(outputs.directory / f"{stem}.usr.raw", allowed)
 
-    say("running mkosi (packages, /usr, verity, UKI) unless /usr is unchanged")
+    def check_packages() -> None:
+        # Only when mkosi runs: a reused /usr was built from the same package list and
+        # allow-list (both are part of the tree), so its verdict stands.
+        say("resolving the packages mkosi will install: set-id files need integrity.suid_allow")
+        check_package_set_ids(policy, tree)
+        say("running mkosi (packages, /usr, verity, UKI)")
+
     outputs, reused = run_mkosi_reusing(
         tree,
         output / "mkosi",
         Path(key_path),
         Path(certificate_path),
         check=check_truths,
+        before=check_packages,
         progress=say,
     )
     if reused:
