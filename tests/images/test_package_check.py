@@ -38,17 +38,33 @@ def _tree(policy: NodePolicy, tmp_path: Path) -> Path:
     return render_tree(policy, tmp_path / "tree").directory
 
 
-def test_example_passes_and_its_base_has_set_id_files(
+def test_example_passes_reading_only_what_its_packages_bring(
     tools_chroot: ToolsChroot, tmp_path: Path
 ) -> None:
     policy = load_policy(example_policy_path())
-    packages = check_package_set_ids(policy, _tree(policy, tmp_path), chroot=tools_chroot)
+    tree = _tree(policy, tmp_path)
+    check_package_set_ids(policy, tree, chroot=tools_chroot)  # passes
+    check = PackageCheck(tree, chroot=tools_chroot)
+    check.state = tmp_path / "state"  # no per-.deb records: what is read now shows
+    packages = check.package_set(policy.image.packages)
     names = {p.name for p in packages.packages}
     assert {"containerd", "runc", "systemd", "base-files", "linux-image-amd64"} <= names
-    # The base's own set-id files (stripped by the finalize script) are seen, so the check
-    # would see those of a policy's package just as well.
-    base_set_id = {f.path for p in packages.packages for f in p.set_id}
-    assert {"/usr/bin/mount", "/usr/bin/su"} <= base_set_id
+    # Only what the policy's entries bring is read; the base (its set-id bits are stripped by
+    # the finalize script) is not, the kernel's .deb above all.
+    read = {p.name for p in packages.packages if p.set_id is not None}
+    assert {"containerd", "runc"} <= read
+    assert not read & {"linux-image-amd64", "systemd", "util-linux", "login", "base-files"}
+    assert any(p.name.startswith("linux-image-6") and p.set_id is None for p in packages.packages)
+
+
+def test_a_base_package_named_by_the_policy_is_read_and_charged(
+    tools_chroot: ToolsChroot, tmp_path: Path
+) -> None:
+    """mount is in every image (the base strips its bits), but a policy that names it asks
+    for it: then its set-uid files need the allow-list like any package's."""
+    policy = _policy(tmp_path, '\n    "mount",')
+    with pytest.raises(PolicyValidationError, match=r'package "mount" installs set-uid /usr/bin/'):
+        check_package_set_ids(policy, _tree(policy, tmp_path), chroot=tools_chroot)
 
 
 def test_sudo_without_allow_list_fails_before_mkosi(
@@ -98,7 +114,7 @@ def test_unknown_package_is_named_with_its_line(tools_chroot: ToolsChroot, tmp_p
 def test_resolution_and_summaries_are_cached(tools_chroot: ToolsChroot, tmp_path: Path) -> None:
     policy = load_policy(example_policy_path())
     check = PackageCheck(_tree(policy, tmp_path), chroot=tools_chroot)
-    packages = check.package_set()
+    packages = check.package_set(policy.image.packages)
     files = check.resolve()
     assert len(files) == len(packages.packages)
     assert all((check.archives / name).is_file() for name in files)  # where mkosi looks

@@ -24,15 +24,18 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ultraviolet.build.mkosi import package_cache_dir
 from ultraviolet.build.set_id import (
     DebSummary,
     SetIdFile,
+    charged_packages,
     set_id_error,
     unknown_packages_error,
 )
@@ -40,7 +43,7 @@ from ultraviolet.errors import BuildError, FormatError
 from ultraviolet.formats.deb import read_deb
 from ultraviolet.formats.unitfile import parse_unit
 from ultraviolet.policy.model import NodePolicy
-from ultraviolet.tools import ToolsChroot, cache_dir, tools
+from ultraviolet.tools import ToolsChroot, tools
 
 log = logging.getLogger("ultraviolet.build.packages")
 
@@ -71,9 +74,11 @@ def installed_path(member: str) -> str | None:
     return "/" + relative if relative.startswith("usr/") else None
 
 
-def summarize_deb(data: bytes, source: str) -> DebSummary:
+def summarize_deb(data: bytes, source: str, *, contents: bool = True) -> DebSummary:
+    """The package's relations and (with `contents`, which decompresses data.tar) its set-id
+    files in /usr."""
     try:
-        deb = read_deb(data)
+        deb = read_deb(data, contents=contents)
     except FormatError as exc:
         raise BuildError(f"{source}: cannot read the package: {exc}") from exc
     set_id = []
@@ -89,7 +94,7 @@ def summarize_deb(data: bytes, source: str) -> DebSummary:
             dict.fromkeys((*deb.relation_names("Pre-Depends"), *deb.relation_names("Depends")))
         ),
         provides=deb.relation_names("Provides"),
-        set_id=tuple(sorted(set_id)),
+        set_id=tuple(sorted(set_id)) if contents else None,
     )
 
 
@@ -99,7 +104,8 @@ class PackageCheck:
     def __init__(self, tree: Path, *, chroot: ToolsChroot | None = None) -> None:
         self.tree = tree
         self.chroot = chroot or tools()
-        self.state = cache_dir() / "package-check"
+        # With the .debs: an empty package cache (a cold build) starts the check cold too.
+        self.state = package_cache_dir() / "package-check"
         self.archives = package_cache_dir() / "cache" / "apt" / "archives"
         conf = parse_unit((tree / "mkosi.conf").read_text(), source=str(tree / "mkosi.conf"))
         self.requested = tuple(
@@ -212,27 +218,37 @@ class PackageCheck:
             raise UnknownPackages(tuple(dict.fromkeys(unknown)), tail)
         raise BuildError(f"apt-get cannot resolve the package set:\n{tail}")
 
-    def summary(self, file_name: str) -> DebSummary:
+    def summary(self, file_name: str, *, contents: bool) -> DebSummary:
         record = self.state / "debs" / f"{file_name}.v{SUMMARY_VERSION}.json"
         if record.is_file():
-            return _summary_from_json(json.loads(record.read_text()))
+            cached = _summary_from_json(json.loads(record.read_text()))
+            if cached.set_id is not None or not contents:
+                return cached
         path = self.archives / file_name
         if not path.is_file():
             raise BuildError(f"{path}: apt did not download it")
-        summary = summarize_deb(path.read_bytes(), str(path))
+        summary = summarize_deb(path.read_bytes(), str(path), contents=contents)
         record.parent.mkdir(parents=True, exist_ok=True)
-        temporary = record.with_suffix(".tmp")
+        temporary = record.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
         temporary.write_text(json.dumps(_summary_to_json(summary)))
         temporary.replace(record)
         return summary
 
-    def package_set(self) -> PackageSet:
+    def package_set(self, entries: Sequence[str]) -> PackageSet:
+        """Every package's relations, and the files of those `entries` (the policy's [image]
+        packages) are charged with. The base's files are never read: its set-id bits are
+        stripped anyway, and its largest packages (the kernel) would cost seconds each."""
         files = self.resolve()
-        # Reading a .deb is mostly xz decompression, which releases the GIL: unread .debs
-        # (a cold cache: the kernel alone takes seconds) are read on every core.
+        # Reading data.tar is mostly xz decompression, which releases the GIL: the charged
+        # .debs not read before are read on every core.
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            summaries = tuple(pool.map(self.summary, files))
-        return PackageSet(self.requested, summaries)
+            controls = list(pool.map(partial(self.summary, contents=False), files))
+            charged = {name for _, name in charged_packages(entries, self.requested, controls)}
+            wanted = [file for file, s in zip(files, controls, strict=True) if s.name in charged]
+            summaries = pool.map(partial(self.summary, contents=True), wanted)
+            read = dict(zip(wanted, summaries, strict=True))
+        every = tuple(read.get(f, s) for f, s in zip(files, controls, strict=True))
+        return PackageSet(self.requested, every)
 
 
 class UnknownPackages(BuildError):
@@ -250,7 +266,7 @@ def _summary_to_json(summary: DebSummary) -> dict[str, object]:
         "essential": summary.essential,
         "depends": list(summary.depends),
         "provides": list(summary.provides),
-        "set_id": [[f.path, f.bits] for f in summary.set_id],
+        "set_id": None if summary.set_id is None else [[f.path, f.bits] for f in summary.set_id],
     }
 
 
@@ -261,14 +277,16 @@ def _summary_from_json(data: dict[str, object]) -> DebSummary:
         return tuple(str(v) for v in value)
 
     set_id = data["set_id"]
-    assert isinstance(set_id, list)
+    assert set_id is None or isinstance(set_id, list)
     return DebSummary(
         name=str(data["name"]),
         version=str(data["version"]),
         essential=bool(data["essential"]),
         depends=strings("depends"),
         provides=strings("provides"),
-        set_id=tuple(SetIdFile(str(path), int(bits)) for path, bits in set_id),
+        set_id=None
+        if set_id is None
+        else tuple(SetIdFile(str(path), int(bits)) for path, bits in set_id),
     )
 
 
@@ -284,7 +302,7 @@ def check_package_set_ids(
     check = PackageCheck(tree, chroot=chroot)
     text = policy_text if policy_text is not None else _policy_text(policy)
     try:
-        packages = check.package_set()
+        packages = check.package_set(policy.image.packages)
     except UnknownPackages as exc:
         raise unknown_packages_error(policy, text, exc.names) from exc
     error = set_id_error(policy, text, packages.requested, packages.packages)

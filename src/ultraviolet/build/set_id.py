@@ -43,7 +43,7 @@ class DebSummary:
     essential: bool
     depends: tuple[str, ...]  # Depends and Pre-Depends names, every alternative
     provides: tuple[str, ...]
-    set_id: tuple[SetIdFile, ...]
+    set_id: tuple[SetIdFile, ...] | None  # None: its files were not read (not charged)
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,23 @@ class _Graph:
         return list(seen)
 
 
+def charged_packages(
+    entries: Sequence[str], requested: Sequence[str], packages: Sequence[DebSummary]
+) -> list[tuple[str, str]]:
+    """(entry, package) for every package an entry of [image] packages brings beyond the base
+    (`requested` is everything mkosi.conf asks for): only these need their files read."""
+    graph = _Graph(packages)
+    own = set(entries)
+    base_roots = [p.name for p in packages if p.essential]
+    base_roots += ["base-files", *(name for name in requested if name not in own)]
+    base = set(graph.reach(base_roots))
+    charged = []
+    for entry in entries:
+        named = set(graph.resolve([entry]))
+        charged += [(entry, name) for name in graph.reach([entry], stop=base - named)]
+    return charged
+
+
 def set_id_offenders(
     entries: Sequence[str],
     allowed: Iterable[str],
@@ -97,19 +114,16 @@ def set_id_offenders(
 ) -> list[SetIdOffender]:
     """The set-id files that `entries` (the policy's [image] packages) bring beyond the base
     (`requested` is everything mkosi.conf asks for) and `allowed` does not list."""
-    graph = _Graph(packages)
-    own = set(entries)
-    base_roots = [p.name for p in packages if p.essential]
-    base_roots += ["base-files", *(name for name in requested if name not in own)]
-    base = set(graph.reach(base_roots))
+    by_name = {p.name: p for p in packages}
     allow = set(allowed)
     offenders: dict[tuple[str, str], SetIdOffender] = {}
-    for entry in entries:
-        named = set(graph.resolve([entry]))
-        for name in graph.reach([entry], stop=base - named):
-            for file in graph.by_name[name].set_id:
-                if file.path not in allow:
-                    offenders.setdefault((name, file.path), SetIdOffender(entry, name, file))
+    for entry, name in charged_packages(entries, requested, packages):
+        files = by_name[name].set_id
+        if files is None:
+            raise BuildError(f"package {name} (via {entry!r}) was resolved but not read")
+        for file in files:
+            if file.path not in allow:
+                offenders.setdefault((name, file.path), SetIdOffender(entry, name, file))
     return list(offenders.values())
 
 

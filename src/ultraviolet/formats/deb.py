@@ -110,9 +110,10 @@ def _link_path(link: str) -> str:
     return link if link.startswith("./") else "./" + link.lstrip("/")
 
 
-def read_deb(data: Bytes) -> DebPackage:
+def read_deb(data: Bytes, *, contents: bool = True) -> DebPackage:
     """Parse a .deb; DebError (with the offset in the .deb, or in the named decompressed
-    member) on anything damaged or unsupported."""
+    member) on anything damaged or unsupported. Without `contents` data.tar is only located,
+    not decompressed (members is then empty): the control file alone costs almost nothing."""
     members = _ar_members(data)
     names = [name for name, _, _ in members]
     if not names or names[0] != "debian-binary":
@@ -125,7 +126,7 @@ def read_deb(data: Bytes) -> DebPackage:
     control_text = _control_file(data, control_tar)
     return DebPackage(
         control=parse_control(control_text),
-        members=tuple(_tar_members_of(data, data_tar)),
+        members=tuple(_tar_members_of(data, data_tar)) if contents else (),
     )
 
 
