@@ -27,8 +27,9 @@ entry value measured into PCR 7 (per distinct value: a fleet measures the same o
 node, each event is still hashed against its digest). "PCR 7 values never seen" clears those
 too, each time.
 
-Keylime is the reference verifier in the field, but it cannot be driven here as a library
-(its verifier is a Tornado service around tpm2-tools); the floor is the fair reference.
+Keylime, the reference verifier in the field, is measured on the same kind of evidence by
+benchmarks/keylime_compare.py (its verifier's quote and measured-boot checks, installed from
+PyPI into a venv of its own); here the floor is the reference.
 """
 
 from __future__ import annotations
