@@ -146,60 +146,31 @@ def build_repart(policy: NodePolicy) -> dict[str, UnitFile]:
     def exact(size: int) -> list[tuple[str, str]]:
         return [("SizeMinBytes", str(size)), ("SizeMaxBytes", str(size))]
 
+    esp = [("Type", "esp"), ("Format", "vfat"), ("CopyFiles", "/boot:/"), ("CopyFiles", "/efi:/")]
+    usr = [("Type", "usr"), ("Format", "erofs"), ("CopyFiles", "/usr:/"), ("Verity", "data")]
     return {
-        "00-esp.conf": unit(
-            (
-                "Partition",
-                [
-                    ("Type", "esp"),
-                    ("Format", "vfat"),
-                    ("CopyFiles", "/boot:/"),
-                    ("CopyFiles", "/efi:/"),
-                    *exact(ESP_BYTES),
-                ],
-            )
+        "00-esp.conf": _partition(*esp, *exact(ESP_BYTES)),
+        "10-usr.conf": _partition(*usr, *verity, *blocks, *exact(usr_size), ("SplitName", "usr")),
+        "11-usr-verity.conf": _partition(
+            ("Type", "usr-verity"),
+            ("Verity", "hash"),
+            *verity,
+            *blocks,
+            *exact(verity_slot_size(usr_size)),
+            ("SplitName", "usr-verity"),
         ),
-        "10-usr.conf": unit(
-            (
-                "Partition",
-                [
-                    ("Type", "usr"),
-                    ("Format", "erofs"),
-                    ("CopyFiles", "/usr:/"),
-                    ("Verity", "data"),
-                    *verity,
-                    *blocks,
-                    *exact(usr_size),
-                    ("SplitName", "usr"),
-                ],
-            )
-        ),
-        "11-usr-verity.conf": unit(
-            (
-                "Partition",
-                [
-                    ("Type", "usr-verity"),
-                    ("Verity", "hash"),
-                    *verity,
-                    *blocks,
-                    *exact(verity_slot_size(usr_size)),
-                    ("SplitName", "usr-verity"),
-                ],
-            )
-        ),
-        "12-usr-verity-sig.conf": unit(
-            (
-                "Partition",
-                [
-                    # no size: repart sizes signature partitions itself and refuses one
-                    ("Type", "usr-verity-sig"),
-                    ("Verity", "signature"),
-                    *verity,
-                    ("SplitName", "usr-verity-sig"),
-                ],
-            )
+        # no size: repart sizes signature partitions itself and refuses one
+        "12-usr-verity-sig.conf": _partition(
+            ("Type", "usr-verity-sig"),
+            ("Verity", "signature"),
+            *verity,
+            ("SplitName", "usr-verity-sig"),
         ),
     }
+
+
+def _partition(*settings: tuple[str, str]) -> UnitFile:
+    return unit(("Partition", list(settings)))
 
 
 def _write_units(directory: Path, units: dict[str, UnitFile]) -> None:

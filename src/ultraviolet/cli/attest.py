@@ -60,6 +60,11 @@ def register(subparsers: Any) -> None:
         default=5.0,
         help="seconds between stale checks and alert deliveries (default 5)",
     )
+    _ek_options(serve)
+    serve.set_defaults(func=serve_command)
+
+
+def _ek_options(serve: Any) -> None:
     serve.add_argument(
         "--ek-ca",
         type=Path,
@@ -76,7 +81,6 @@ def register(subparsers: Any) -> None:
         "default without --ek-ca), 'certificate' (an EK certificate chaining to --ek-ca) or "
         "'either' (the default with --ek-ca)",
     )
-    serve.set_defaults(func=serve_command)
 
 
 def _listen(text: str) -> tuple[str, int]:
