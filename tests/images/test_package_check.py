@@ -16,6 +16,8 @@ from ultraviolet.policy.load import PolicyValidationError, load_policy
 from ultraviolet.policy.model import NodePolicy
 from ultraviolet.tools import ToolsChroot
 
+from ..formats.test_deb import _dpkg_contents, _members
+
 pytestmark = pytest.mark.build
 
 EXAMPLE_PACKAGES = 'packages = ["containerd", "runc"]'
@@ -120,3 +122,17 @@ def test_resolution_and_summaries_are_cached(tools_chroot: ToolsChroot, tmp_path
     assert all((check.archives / name).is_file() for name in files)  # where mkosi looks
     records = check.state / "debs"
     assert all(any(records.glob(f"{name}.v*.json")) for name in files)
+
+
+def test_debian_packages_read_as_dpkg_deb_lists_them(
+    tools_chroot: ToolsChroot, tmp_path: Path
+) -> None:
+    """Real Debian packages of the example's set (set-id ones among them) read by formats.deb
+    as `dpkg-deb --contents` lists them."""
+    check = PackageCheck(_tree(load_policy(example_policy_path()), tmp_path), chroot=tools_chroot)
+    debs = sorted(check.archives / name for name in check.resolve())
+    chosen = [d for d in debs if d.name.startswith(("passwd_", "mount_", "util-linux_"))]
+    assert len(chosen) == 3, chosen
+    chosen += debs[:: max(1, len(debs) // 8)]
+    for deb in chosen:
+        assert _members(deb.read_bytes()) == _dpkg_contents(tools_chroot, deb), deb.name
