@@ -2,7 +2,7 @@
 software TPM (a real AK signing real TPMS_ATTEST quotes over PCRs extended from a real
 firmware event log and systemd measurement log of a synthetic release), an RSA EK whose private
 key answers the verifier's real TPM2_MakeCredential (formats/tpmcredential.activate_credential),
-and the verifier wired as `uvctl attest serve` wires it: attest/appraise.appraise and
+and the verifier with its own defaults, as `uvctl attest serve` runs it: attest/appraise.appraise and
 attest/references.load_accepted. No swtpm: the AK is just a key, the quote is the same bytes a
 TPM would sign."""
 
@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ultraviolet.attest.appraise import appraise
-from ultraviolet.attest.references import load_accepted
 from ultraviolet.attest.simulate import (
     Boot,
     SecureBootKeys,
@@ -36,9 +34,6 @@ from ultraviolet.formats.tpm import (
     hash_id,
 )
 from ultraviolet.formats.tpmcredential import activate_credential
-
-real_appraiser = appraise
-real_load_accepted = load_accepted
 
 # fixedtpm|fixedparent|sensitivedataorigin|adminwithpolicy|restricted|decrypt: the TCG EK
 # template's attributes (RSA 2048, AES-128-CFB, the endorsement policy's 32-byte digest).

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from ultraviolet.attest.alerts import Dispatcher, Sink, backoff
-from ultraviolet.attest.enrolment import default_challenge_maker, ek_fingerprint
+from ultraviolet.attest.enrolment import ek_fingerprint
 from ultraviolet.attest.model import NodeState
 from ultraviolet.attest.service import Verifier, VerifierConfig
 from ultraviolet.attest.store import OutboxAlert, Store, utcnow
 
-from .nodes import Releases, SimulatedNode, real_appraiser, real_load_accepted
+from .nodes import Releases, SimulatedNode
 from .receivers import ALERTMANAGER, alertmanager, free_port, webhook_receiver
 
 LATER = dt.timedelta(hours=2)  # past any backoff
@@ -28,9 +28,6 @@ INSECURE = RELEASES.boot("uv", "1", secure_boot=False)  # fails pcr7.secure-boot
 def verifier_with(store: Store, *sinks: Sink) -> Verifier:
     verifier = Verifier(
         store,
-        appraiser=real_appraiser,
-        load_accepted=real_load_accepted,
-        make_challenge=default_challenge_maker(),
         config=VerifierConfig(sinks=sinks, base_url="http://verifier.test:8400"),
     )
     verifier.put_release("uv", "1", RELEASES.document("uv", "1"))

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ultraviolet.attest.api import create_app
-from ultraviolet.attest.enrolment import default_challenge_maker, ek_fingerprint
+from ultraviolet.attest.enrolment import ek_fingerprint
 from ultraviolet.attest.service import Verifier, VerifierConfig
 from ultraviolet.attest.store import Store
 from ultraviolet.formats.evidence import IpeEvent
 
-from .nodes import Releases, SimulatedNode, real_appraiser, real_load_accepted
+from .nodes import Releases, SimulatedNode
 
 TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -39,9 +39,6 @@ def b64(data: bytes) -> str:
 def client(store: Store) -> Iterator[TestClient]:
     verifier = Verifier(
         store,
-        appraiser=real_appraiser,
-        load_accepted=real_load_accepted,
-        make_challenge=default_challenge_maker(),
         config=VerifierConfig(),
     )
     with TestClient(create_app(verifier, admin_token=TOKEN)) as test_client:

@@ -27,7 +27,6 @@ from ultraviolet.attest.ekcert import (
 from ultraviolet.attest.enrolment import (
     EkAcceptance,
     EkPolicy,
-    default_challenge_maker,
     ek_fingerprint,
 )
 from ultraviolet.attest.errors import Forbidden
@@ -38,7 +37,7 @@ from ultraviolet.errors import AttestationError
 from ultraviolet.formats.tpmcredential import activate_credential
 
 from .certs import START, Authority, authority, ek_certificate, rsa_key
-from .nodes import SimulatedNode, real_appraiser, real_load_accepted
+from .nodes import SimulatedNode
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -82,9 +81,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def verifier_with(store: Store, policy: EkPolicy) -> Verifier:
     return Verifier(
         store,
-        appraiser=real_appraiser,
-        load_accepted=real_load_accepted,
-        make_challenge=default_challenge_maker(),
         config=VerifierConfig(),
         ek_policy=policy,
         clock=lambda: NOW,

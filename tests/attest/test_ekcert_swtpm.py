@@ -30,7 +30,7 @@ from ultraviolet.attest.ekcert import (
     EkCertificateRefused,
     load_ca_certificates,
 )
-from ultraviolet.attest.enrolment import EkAcceptance, EkPolicy, default_challenge_maker
+from ultraviolet.attest.enrolment import EkAcceptance, EkPolicy
 from ultraviolet.attest.service import Verifier, VerifierConfig
 from ultraviolet.attest.store import Enrolment, Store
 from ultraviolet.node.agent import Agent, AgentConfig, VerifierRefused, pcr_selection
@@ -39,7 +39,7 @@ from ultraviolet.node.tpm import TpmDriver
 from ultraviolet.testbed.swtpm import manufacture, running_swtpm
 from ultraviolet.tools import ToolsChroot
 
-from .nodes import SimulatedNode, real_appraiser, real_load_accepted
+from .nodes import SimulatedNode
 from .services import ADMIN, Service
 
 pytestmark = pytest.mark.oracle
@@ -174,9 +174,6 @@ def test_expired_and_other_key_certificates_of_a_trusted_ca_are_refused(
     store = Store.open(str(tmp_path / "verifier.db"))
     verifier = Verifier(
         store,
-        appraiser=real_appraiser,
-        load_accepted=real_load_accepted,
-        make_challenge=default_challenge_maker(),
         config=VerifierConfig(),
         ek_policy=EkPolicy(EkAcceptance.CERTIFICATE, _authorities(trusted, now)),
     )

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from ultraviolet.attest.alerts import CHECKIN_MISSED, Sink
-from ultraviolet.attest.enrolment import default_challenge_maker, ek_fingerprint
+from ultraviolet.attest.enrolment import ek_fingerprint
 from ultraviolet.attest.errors import Conflict, Forbidden, Gone, NotFound
 from ultraviolet.attest.model import FindingId, NodeState, Severity
 from ultraviolet.attest.service import Outcome, Verifier, VerifierConfig
@@ -21,7 +21,7 @@ from ultraviolet.attest.simulate import Boot
 from ultraviolet.attest.store import AlertState, EvidenceRecord, Node, OutboxAlert, Store
 from ultraviolet.formats.evidence import IpeEvent
 
-from .nodes import Releases, SimulatedNode, real_appraiser, real_load_accepted, software_tpm
+from .nodes import Releases, SimulatedNode, software_tpm
 
 RELEASES = Releases()
 GENUINE = RELEASES.boot("uv", "1")  # what an accepted node boots
@@ -47,9 +47,6 @@ def make_verifier(store: Store, clock: Clock, **config: object) -> Verifier:
     settings = VerifierConfig(sinks=(Sink("webhook", "http://127.0.0.1:9/hook"),), **config)  # type: ignore[arg-type]
     return Verifier(
         store,
-        appraiser=real_appraiser,
-        load_accepted=real_load_accepted,
-        make_challenge=default_challenge_maker(),
         config=settings,
         clock=clock,
     )

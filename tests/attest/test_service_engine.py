@@ -15,9 +15,7 @@ from fastapi.testclient import TestClient
 
 from ultraviolet.attest.alerts import Dispatcher, Sink
 from ultraviolet.attest.api import create_app
-from ultraviolet.attest.appraise import appraise
-from ultraviolet.attest.enrolment import default_challenge_maker, ek_fingerprint
-from ultraviolet.attest.references import load_accepted
+from ultraviolet.attest.enrolment import ek_fingerprint
 from ultraviolet.attest.service import Verifier, VerifierConfig
 from ultraviolet.attest.simulate import (
     Boot,
@@ -64,9 +62,6 @@ def receiver() -> Iterator[WebhookReceiver]:
 def client(store: Store, receiver: WebhookReceiver) -> Iterator[TestClient]:
     verifier = Verifier(
         store,
-        appraiser=appraise,
-        load_accepted=load_accepted,
-        make_challenge=default_challenge_maker(),
         config=VerifierConfig(sinks=(Sink("webhook", receiver.url),)),
     )
     with TestClient(create_app(verifier, admin_token=TOKEN)) as test_client:

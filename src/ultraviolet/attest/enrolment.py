@@ -27,7 +27,6 @@ from ultraviolet.attest.errors import BadRequest, Forbidden, Unavailable
 from ultraviolet.attest.store import ApprovedEk
 from ultraviolet.errors import AttestationError, UltravioletError
 from ultraviolet.formats.tpm import OBJECT_ATTRIBUTES, PublicArea, parse_public_2b
-from ultraviolet.formats.tpmcredential import make_credential
 
 # (ek_public, ak_name, secret) -> (TPM2B_ID_OBJECT credential blob, TPM2B_ENCRYPTED_SECRET)
 ChallengeMaker = Callable[[PublicArea, bytes, bytes], tuple[bytes, bytes]]
@@ -127,8 +126,3 @@ class EkPolicy:
             return make(ek, ak_name, secret)
         except UltravioletError as exc:
             raise BadRequest("enrol.ek-public", f"cannot challenge this EK: {exc}") from None
-
-
-def default_challenge_maker() -> ChallengeMaker:
-    """TPM2_MakeCredential in software (formats/tpmcredential.py)."""
-    return make_credential

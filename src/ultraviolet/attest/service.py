@@ -22,9 +22,11 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ultraviolet.attest import alerts
+from ultraviolet.attest.appraise import appraise
 from ultraviolet.attest.enrolment import ChallengeMaker, EkPolicy, check_ak, ek_fingerprint
 from ultraviolet.attest.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
 from ultraviolet.attest.model import Appraisal, Finding, FindingId, NodeState, Severity
+from ultraviolet.attest.references import load_accepted
 from ultraviolet.attest.store import (
     ApprovedEk,
     Enrolment,
@@ -39,6 +41,7 @@ from ultraviolet.errors import UltravioletError
 from ultraviolet.formats.evidence import Evidence, EvidenceError, evidence_from_document
 from ultraviolet.formats.reference import parse_reference
 from ultraviolet.formats.tpm import PublicArea, parse_public_2b
+from ultraviolet.formats.tpmcredential import make_credential
 
 NONCE_SIZE = 32
 
@@ -89,10 +92,10 @@ class Verifier:
         self,
         store: Store,
         *,
-        appraiser: Appraiser,
-        load_accepted: ReleaseLoader,
-        make_challenge: ChallengeMaker | None,
         config: VerifierConfig,
+        appraiser: Appraiser = appraise,
+        load_accepted: ReleaseLoader = load_accepted,
+        make_challenge: ChallengeMaker | None = make_credential,
         ek_policy: EkPolicy | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:

@@ -110,22 +110,7 @@ def ek_policy(args: argparse.Namespace, now: dt.datetime) -> Any:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from ultraviolet.attest.appraise import appraise
-    from ultraviolet.attest.enrolment import default_challenge_maker
-    from ultraviolet.attest.references import load_accepted
-
-    return serve(
-        args,
-        appraise=appraise,
-        load_accepted=load_accepted,
-        make_challenge=default_challenge_maker(),
-    )
-
-
-def serve(
-    args: argparse.Namespace, *, appraise: Any, load_accepted: Any, make_challenge: Any
-) -> int:
-    """Run the service with the given appraisal engine (tests pass their own)."""
+    """Run one verifier worker until it is stopped."""
     import uvicorn
 
     from ultraviolet.attest.alerts import Sink
@@ -157,14 +142,7 @@ def serve(
     )
     policy = ek_policy(args, dt.datetime.now(dt.UTC))  # before the database: a bad CA file
     store = Store.open(args.database)  # upgrades the schema to the newest migration
-    verifier = Verifier(
-        store,
-        appraiser=appraise,
-        load_accepted=load_accepted,
-        make_challenge=make_challenge,
-        config=config,
-        ek_policy=policy,
-    )
+    verifier = Verifier(store, config=config, ek_policy=policy)
     metrics = Metrics(store)
     app = create_app(
         verifier,
