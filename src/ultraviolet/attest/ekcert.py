@@ -40,6 +40,7 @@ from cryptography.x509.oid import ObjectIdentifier
 
 from ultraviolet.attest.errors import Forbidden
 from ultraviolet.errors import AttestationError
+from ultraviolet.formats.certificates import parse_certificate_file
 
 TCG_KP_EK_CERTIFICATE = ObjectIdentifier("2.23.133.8.1")
 MAX_CHAIN_DEPTH = 6
@@ -190,9 +191,7 @@ def load_ca_certificates(path: Path) -> list[x509.Certificate]:
     except OSError as exc:
         raise AttestationError(f"EK CA certificate {path}: {exc.strerror}") from None
     try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(data)]
+        return parse_certificate_file(data)
     except ValueError as exc:
         raise AttestationError(
             f"EK CA certificate {path}: neither PEM certificates nor a DER certificate ({exc})"

@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ultraviolet.errors import VerificationError
+from ultraviolet.formats.certificates import parse_certificate_file
 from ultraviolet.formats.reference import Reference, ReferenceError, parse_reference
 
 
@@ -20,10 +21,7 @@ def load_certificates(paths: Iterable[Path]) -> tuple[x509.Certificate, ...]:
         except OSError as exc:
             raise VerificationError(f"cannot read certificate {path}: {exc.strerror}") from exc
         try:
-            if b"-----BEGIN CERTIFICATE-----" in data:
-                certificates.extend(x509.load_pem_x509_certificates(data))
-            else:
-                certificates.append(x509.load_der_x509_certificate(data))
+            certificates += parse_certificate_file(data)
         except ValueError as exc:
             raise VerificationError(f"{path}: not a PEM or DER X.509 certificate ({exc})") from exc
     return tuple(certificates)
