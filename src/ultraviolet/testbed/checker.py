@@ -71,9 +71,8 @@ wait_reports() {{  # until the agent has made $1 accepted reports, at most $2 se
 early=$(cat /run/credentials/@system/{ACTION_CREDENTIAL} 2>/dev/null)
 case "$early" in
 attest:*)
-    # The first report also carries what IPE denied while the node booted (none, normally).
-    wait_reports 1 "${{early#attest:}}"
-    say attest-first "$(cat "$agent_report" 2>/dev/null)"
+    # (The verifier keeps every report: the first one, which also carries what IPE denied
+    # while the node booted, is read from its store, not raced for here.)
     wait_reports 2 "${{early#attest:}}"
     say attest-before-denials "$(cat "$agent_report" 2>/dev/null)"
     say attest-uptime "$(cut -d' ' -f1 /proc/uptime)"
