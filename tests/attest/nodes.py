@@ -2,9 +2,9 @@
 software TPM (a real AK signing real TPMS_ATTEST quotes over PCRs extended from a real
 firmware event log and systemd measurement log of a synthetic release), an RSA EK whose private
 key answers the verifier's real TPM2_MakeCredential (formats/tpmcredential.activate_credential),
-and the verifier with its own defaults, as `uvctl attest serve` runs it: attest/appraise.appraise and
-attest/references.load_accepted. No swtpm: the AK is just a key, the quote is the same bytes a
-TPM would sign."""
+and the verifier with its own defaults, as `uvctl attest serve` runs it
+(attest/appraise.appraise and attest/references.load_accepted). No swtpm: the AK is just a key,
+the quote is the same bytes a TPM would sign."""
 
 from __future__ import annotations
 
