@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import exists, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Connection, bindparam, exists, insert, or_, select, update
+from sqlalchemy.orm import aliased
 
 from ultraviolet.attest.model import Finding, NodeState, Severity
-from ultraviolet.attest.store import AlertState, OutboxAlert, Store, utcnow
+from ultraviolet.attest.store import AlertState, OutboxAlert, Store, table, utcnow
 
 log = logging.getLogger("ultraviolet.attest.alerts")
 
@@ -120,15 +120,43 @@ def alertmanager_payload(change: AlertChange, generator_url: str) -> list[dict[s
     ]
 
 
-def _alert_states(session: Session, node_id: str) -> dict[str, AlertState]:
+_ALERT_STATE = table(AlertState)
+_OUTBOX = table(OutboxAlert)
+_ALERT_STATES = (
+    select(
+        _ALERT_STATE.c.check,
+        _ALERT_STATE.c.firing,
+        _ALERT_STATE.c.severity,
+        _ALERT_STATE.c.starts_at,
+    )
+    .where(_ALERT_STATE.c.node_id == bindparam("node_id"))
+    .with_for_update()
+)
+_INSERT_ALERT_STATE = insert(_ALERT_STATE)
+_UPDATE_ALERT_STATE = update(_ALERT_STATE).where(
+    _ALERT_STATE.c.fingerprint == bindparam("fingerprint_")
+)
+_INSERT_OUTBOX = insert(_OUTBOX)
+
+
+@dataclass
+class _Stored:
+    """One row of alert_state as this transaction sees it."""
+
+    firing: bool
+    severity: str
+    starts_at: dt.datetime
+
+
+def _alert_states(connection: Connection, node_id: str) -> dict[str, _Stored]:
     """The node's alerts by check, in one query (the caller holds the node's row lock)."""
-    query = select(AlertState).where(AlertState.node_id == node_id).with_for_update()
-    return {state.check: state for state in session.scalars(query)}
+    rows = connection.execute(_ALERT_STATES, {"node_id": node_id})
+    return {row.check: _Stored(row.firing, row.severity, row.starts_at) for row in rows}
 
 
 def _change(
-    session: Session,
-    known: dict[str, AlertState],
+    connection: Connection,
+    known: dict[str, _Stored],
     node_id: str,
     check: str,
     firing: bool,
@@ -136,25 +164,30 @@ def _change(
     **fields: str,
 ) -> AlertChange | None:
     """Flip the stored state of one alert; None when it is unchanged (nothing to send)."""
-    key = fingerprint(node_id, check)
     current = known.get(check)
     if current is None:
         if not firing:
             return None
-        current = AlertState(
-            fingerprint=key, node_id=node_id, check=check, firing=True,
-            severity=fields["severity"], starts_at=now, changed_at=now,
+        current = _Stored(True, fields["severity"], now)
+        connection.execute(
+            _INSERT_ALERT_STATE,
+            {
+                "fingerprint": fingerprint(node_id, check), "node_id": node_id, "check": check,
+                "firing": True, "severity": current.severity, "starts_at": now, "changed_at": now,
+            },
         )  # fmt: skip
-        session.add(current)
         known[check] = current
     elif current.firing == firing:
         return None
     else:
         current.firing = firing
-        current.changed_at = now
+        values: dict[str, Any] = {"firing": firing, "changed_at": now}
         if firing:
             current.starts_at = now
             current.severity = fields["severity"]
+            values.update(starts_at=now, severity=current.severity)
+        key = fingerprint(node_id, check)
+        connection.execute(_UPDATE_ALERT_STATE, {"fingerprint_": key, **values})
     # Alertmanager identifies an alert by its labels: a resolution carries the severity the
     # alert fired with, or it would be another alert.
     return AlertChange(
@@ -170,9 +203,9 @@ def _change(
 
 
 def _enqueue(
-    session: Session, changes: Iterable[AlertChange], sinks: Sequence[Sink], base_url: str
+    connection: Connection, changes: Iterable[AlertChange], sinks: Sequence[Sink], base_url: str
 ) -> int:
-    count = 0
+    rows = []
     for change in changes:
         generator_url = f"{base_url.rstrip('/')}/#node-{change.node_id}"
         for sink in sinks:
@@ -181,23 +214,27 @@ def _enqueue(
                 payload = alertmanager_payload(change, generator_url)
             else:
                 payload = webhook_payload(change, generator_url)
-            session.add(
-                OutboxAlert(
-                    fingerprint=change.fingerprint,
-                    sink=sink.kind,
-                    url=sink.endpoint,
-                    payload=json.dumps(payload, sort_keys=True),
-                    created_at=change.changed_at,
-                    attempts=0,
-                    next_attempt_at=change.changed_at,
-                )
+            rows.append(
+                {
+                    "fingerprint": change.fingerprint,
+                    "sink": sink.kind,
+                    "url": sink.endpoint,
+                    "payload": json.dumps(payload, sort_keys=True),
+                    "created_at": change.changed_at,
+                    "attempts": 0,
+                    "next_attempt_at": change.changed_at,
+                    "lease_until": None,
+                    "delivered_at": None,
+                    "last_error": None,
+                }
             )
-            count += 1
-    return count
+    for row in rows:  # one at a time: the outbox ids keep the order of the changes
+        connection.execute(_INSERT_OUTBOX, row)
+    return len(rows)
 
 
 def record_appraisal(
-    session: Session,
+    connection: Connection,
     *,
     node_id: str,
     findings: Sequence[Finding],
@@ -208,27 +245,27 @@ def record_appraisal(
 ) -> list[AlertChange]:
     """Alerts that fire or resolve because of one appraisal (and resolve a missed check-in)."""
     changes = []
-    known = _alert_states(session, node_id)
+    known = _alert_states(connection, node_id)
     for finding in findings:
         firing = finding.severity in (Severity.FAIL, Severity.WARN)  # not PASS or SKIP
         change = _change(
-            session, known, node_id, finding.id.value, firing, now,
+            connection, known, node_id, finding.id.value, firing, now,
             severity=finding.severity.value, state=state.value, message=finding.message,
         )  # fmt: skip
         if change is not None:
             changes.append(change)
     checkin = _change(
-        session, known, node_id, CHECKIN_MISSED, False, now,
+        connection, known, node_id, CHECKIN_MISSED, False, now,
         severity="pass", state=state.value, message="evidence received",
     )  # fmt: skip
     if checkin is not None:
         changes.append(checkin)
-    _enqueue(session, changes, sinks, base_url)
+    _enqueue(connection, changes, sinks, base_url)
     return changes
 
 
 def record_missed_checkin(
-    session: Session,
+    connection: Connection,
     *,
     node_id: str,
     last_seen: dt.datetime | None,
@@ -238,12 +275,12 @@ def record_missed_checkin(
 ) -> list[AlertChange]:
     seen = _iso(last_seen) if last_seen else "never"
     change = _change(
-        session, _alert_states(session, node_id), node_id, CHECKIN_MISSED, True, now,
+        connection, _alert_states(connection, node_id), node_id, CHECKIN_MISSED, True, now,
         severity=Severity.FAIL.value, state=NodeState.STALE.value,
         message=f"no evidence within the check-in interval (last: {seen})",
     )  # fmt: skip
     changes = [change] if change is not None else []
-    _enqueue(session, changes, sinks, base_url)
+    _enqueue(connection, changes, sinks, base_url)
     return changes
 
 

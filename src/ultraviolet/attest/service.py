@@ -9,6 +9,7 @@ exactly one matches), writes the evidence record, the node's new state and the a
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, LargeBinary, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ultraviolet.attest import alerts
@@ -35,6 +36,8 @@ from ultraviolet.attest.store import (
     Nonce,
     Release,
     Store,
+    UtcDateTime,
+    table,
     utcnow,
 )
 from ultraviolet.errors import UltravioletError
@@ -44,6 +47,46 @@ from ultraviolet.formats.tpm import PublicArea, parse_public_2b
 from ultraviolet.formats.tpmcredential import make_credential
 
 NONCE_SIZE = 32
+PARSED_AK_CACHE = 4096  # parsed AK public areas kept, by their bytes (a re-enrolled AK is new)
+
+# The hot paths (nonce, evidence) are Core statements built once: the ORM's unit of work and
+# identity map cost more CPU than the appraisal itself, and a prebuilt statement's compiled
+# form is found in the engine's cache without regenerating its cache key.
+_NODES, _NONCES, _RELEASES = table(Node), table(Nonce), table(Release)
+_ISSUE_NONCE = (
+    insert(_NONCES)
+    .from_select(
+        ["value", "node_id", "issued_at", "expires_at"],
+        select(
+            bindparam("b_value", type_=LargeBinary),
+            _NODES.c.id,
+            bindparam("b_issued_at", type_=UtcDateTime),
+            bindparam("b_expires_at", type_=UtcDateTime),
+        ).where(_NODES.c.id == bindparam("b_node_id")),
+    )
+    .execution_options(preserve_rowcount=True)
+)  # an INSERT's rowcount is kept only if asked
+_NODE_AK = select(_NODES.c.ak_public, _NODES.c.ak_name).where(_NODES.c.id == bindparam("node_id"))
+_LOCK_NODE = (
+    select(_NODES.c.ak_name, _NODES.c.state)
+    .where(_NODES.c.id == bindparam("node_id"))
+    .with_for_update()
+)
+_UPDATE_NODE = update(_NODES).where(_NODES.c.id == bindparam("node_id_"))
+_RELEASE_KEYS = select(_RELEASES.c.name, _RELEASES.c.version, _RELEASES.c.uploaded_at).order_by(
+    _RELEASES.c.name, _RELEASES.c.version
+)
+_RELEASE_DOCUMENTS = select(_RELEASES.c.document).order_by(_RELEASES.c.name, _RELEASES.c.version)
+_CONSUME_NONCE = (
+    update(_NONCES)
+    .where(_NONCES.c.value == bindparam("b_value"), _NONCES.c.node_id == bindparam("b_node_id"))
+    .where(_NONCES.c.used_at.is_(None), _NONCES.c.expires_at > bindparam("b_now"))
+    .values(used_at=bindparam("b_used_at"))
+)
+_NONCE = select(_NONCES.c.node_id, _NONCES.c.used_at, _NONCES.c.expires_at).where(
+    _NONCES.c.value == bindparam("value")
+)
+_INSERT_EVIDENCE = insert(table(EvidenceRecord))
 
 
 class Appraiser(Protocol):
@@ -107,6 +150,9 @@ class Verifier:
         self.ek_policy = ek_policy or EkPolicy()
         self.clock = clock
         self._accepted = _AcceptedCache()
+        # Keyed by the AK's bytes, so a node that re-enrols with another AK is never appraised
+        # with its old key; PublicArea is frozen, so sharing one between threads is safe.
+        self._parse_ak = functools.lru_cache(maxsize=PARSED_AK_CACHE)(parse_public_2b)
 
     # Enrolment.
 
@@ -187,99 +233,109 @@ class Verifier:
         now = self.clock()
         value = secrets.token_bytes(NONCE_SIZE)
         expires = now + self.config.nonce_ttl
-        with self.store.session.begin() as session:
-            if session.get(Node, node_id) is None:
+        with self.store.engine.begin() as connection:
+            # One statement: the nonce row exists only if the node does.
+            parameters: dict[str, Any] = {"b_node_id": node_id, "b_value": value}
+            parameters |= {"b_issued_at": now, "b_expires_at": expires}
+            issued = connection.execute(_ISSUE_NONCE, parameters)
+            if issued.rowcount != 1:
                 raise NotFound("node.unknown", f"node {node_id} is not enrolled")
-            session.add(Nonce(value=value, node_id=node_id, issued_at=now, expires_at=expires))
         return value, expires
 
-    def accepted_releases(self) -> Any:
+    def accepted_releases(self, connection: Connection | None = None) -> Any:
         """The loaded accepted releases, reloaded when the releases table changed."""
-        with self.store.session() as session:
-            rows = session.execute(
-                select(Release.name, Release.version, Release.uploaded_at).order_by(
-                    Release.name, Release.version
-                )
-            ).all()
+        if connection is None:
+            with self.store.engine.connect() as opened:
+                return self.accepted_releases(opened)
+        rows = connection.execute(_RELEASE_KEYS).all()
         key = tuple((name, version, uploaded.isoformat()) for name, version, uploaded in rows)
         with self._accepted.lock:
             if key != self._accepted.key:
-                with self.store.session() as session:
-                    documents = list(
-                        session.scalars(
-                            select(Release.document).order_by(Release.name, Release.version)
-                        )
-                    )
+                documents = list(connection.execute(_RELEASE_DOCUMENTS).scalars())
                 self._accepted.value = self.load_accepted(documents, self.config.pcrs)
                 self._accepted.key = key
             return self._accepted.value
 
-    def _appraise(self, node: Node, nonce: bytes, document: Mapping[str, Any]) -> Appraisal:
+    def _read_for_appraisal(self, node_id: str) -> tuple[bytes, bytes, Any]:
+        """(AK public, AK name, accepted releases or the UltravioletError loading them), read
+        in one short transaction before the appraisal."""
+        with self.store.engine.connect() as connection:
+            node = connection.execute(_NODE_AK, {"node_id": node_id}).first()
+            if node is None:
+                raise NotFound("node.unknown", f"node {node_id} is not enrolled")
+            try:
+                accepted = self.accepted_releases(connection)
+            except UltravioletError as exc:  # reported after the evidence is known to parse
+                accepted = exc
+        return node.ak_public, node.ak_name, accepted
+
+    def _appraise(
+        self, ak_public: bytes, nonce: bytes, document: Mapping[str, Any], accepted: Any
+    ) -> Appraisal:
         try:
             evidence = evidence_from_document(document)
         except EvidenceError as exc:
             return Appraisal((Finding(FindingId.EVIDENCE_FORMAT, Severity.FAIL, str(exc)),))
-        try:
-            accepted = self.accepted_releases()
-        except UltravioletError as exc:  # e.g. every release retired: nothing can match
-            message = f"no usable accepted releases: {exc}"
+        if isinstance(accepted, UltravioletError):  # e.g. every release retired: no match
+            message = f"no usable accepted releases: {accepted}"
             return Appraisal((Finding(FindingId.PCR11_REFERENCE, Severity.FAIL, message),))
         try:
-            ak = parse_public_2b(node.ak_public)
+            ak = self._parse_ak(ak_public)
             return self.appraiser(evidence, ak=ak, nonce=nonce, accepted=accepted)
         except UltravioletError as exc:  # the appraisal reports findings; this is a safety net
             return Appraisal((Finding(FindingId.EVIDENCE_FORMAT, Severity.FAIL, str(exc)),))
 
     def submit_evidence(self, node_id: str, nonce: bytes, document: Mapping[str, Any]) -> Outcome:
-        with self.store.session() as session:
-            node = session.get(Node, node_id)
-            if node is None:
-                raise NotFound("node.unknown", f"node {node_id} is not enrolled")
-        appraisal = self._appraise(node, nonce, document)
+        ak_public, ak_name, accepted = self._read_for_appraisal(node_id)
+        appraisal = self._appraise(ak_public, nonce, document, accepted)
         raw = json.dumps(document, sort_keys=True).encode()
         now = self.clock()
-        with self.store.session.begin() as session:
+        with self.store.engine.begin() as connection:
             # The node row is locked first: the evidence row's foreign key takes a share lock
             # on it, and upgrading that later would deadlock two concurrent submissions.
-            stored = session.get(Node, node_id, with_for_update=True)
+            stored = connection.execute(_LOCK_NODE, {"node_id": node_id}).first()
             if stored is None:  # removed meanwhile
                 raise NotFound("node.unknown", f"node {node_id} is not enrolled")
-            if stored.ak_name != node.ak_name:  # re-enrolled while this was appraised
+            if stored.ak_name != ak_name:  # re-enrolled while this was appraised
                 message = "the node enrolled another AK while this evidence was appraised"
                 appraisal = Appraisal((Finding(FindingId.AK_KNOWN, Severity.FAIL, message),))
-            problem = self._consume_nonce(session, node_id, nonce, now)
+            problem = self._consume_nonce(connection, node_id, nonce, now)
             findings = _with_nonce_finding(appraisal.findings, problem)
             outcome = Appraisal(findings, appraisal.release)
-            record = EvidenceRecord(
-                node_id=node_id, received_at=now, nonce=nonce, raw=raw,
-                state=outcome.state.value, release=outcome.release,
-                findings=json.dumps([f.to_json() for f in findings]),
+            state = outcome.state.value
+            record = connection.execute(
+                _INSERT_EVIDENCE,
+                {
+                    "node_id": node_id, "received_at": now, "nonce": nonce, "raw": raw,
+                    "state": state, "release": outcome.release,
+                    "findings": json.dumps([f.to_json() for f in findings]),
+                },
             )  # fmt: skip
-            session.add(record)
-            session.flush()
-            if stored.state != outcome.state.value:
-                stored.state_changed_at = now
-            stored.state = outcome.state.value
-            stored.release = outcome.release
-            stored.last_evidence_at = now
-            stored.last_evidence_id = record.id
+            inserted = record.inserted_primary_key
+            assert inserted is not None  # an INSERT without RETURNING still reports its key
+            evidence_id = int(inserted[0])
+            changes = {"state": state, "release": outcome.release, "last_evidence_at": now,
+                       "last_evidence_id": evidence_id}  # fmt: skip
+            if stored.state != state:
+                changes["state_changed_at"] = now
+            connection.execute(_UPDATE_NODE, {"node_id_": node_id, **changes})
             alerts.record_appraisal(
-                session, node_id=node_id, findings=findings, state=outcome.state, now=now,
+                connection, node_id=node_id, findings=findings, state=outcome.state, now=now,
                 sinks=self.config.sinks, base_url=self.config.base_url,
             )  # fmt: skip
-            return Outcome(outcome.state, findings, outcome.release, record.id)
+        return Outcome(outcome.state, findings, outcome.release, evidence_id)
 
-    def _consume_nonce(self, session: Session, node_id: str, nonce: bytes, now: dt.datetime) -> str:
+    def _consume_nonce(
+        self, connection: Connection, node_id: str, nonce: bytes, now: dt.datetime
+    ) -> str:
         """Mark the nonce used; '' if it was ours, unused and fresh, else what was wrong."""
-        consumed = session.execute(
-            update(Nonce)
-            .where(Nonce.value == nonce, Nonce.node_id == node_id)
-            .where(Nonce.used_at.is_(None), Nonce.expires_at > now)
-            .values(used_at=now)
+        consumed = connection.execute(
+            _CONSUME_NONCE,
+            {"b_value": nonce, "b_node_id": node_id, "b_now": now, "b_used_at": now},
         )
-        if getattr(consumed, "rowcount", 0) == 1:
+        if consumed.rowcount == 1:
             return ""
-        known = session.get(Nonce, nonce)
+        known = connection.execute(_NONCE, {"value": nonce}).first()
         if known is None or known.node_id != node_id:
             return "the nonce was not issued to this node"
         if known.used_at is not None:
@@ -295,23 +351,23 @@ class Verifier:
         limit = now - self.config.check_in_interval
         seen = func.coalesce(Node.last_evidence_at, Node.enrolled_at)
         marked = []
-        with self.store.session.begin() as session:
-            candidates = session.execute(
+        with self.store.engine.begin() as connection:
+            candidates = connection.execute(
                 select(Node.id, Node.last_evidence_at).where(
                     Node.state.in_([NodeState.TRUSTED.value, NodeState.UNKNOWN.value]),
                     seen < limit,
                 )
             ).all()
             for node_id, last_seen in candidates:
-                flipped = session.execute(
+                flipped = connection.execute(
                     update(Node)
                     .where(Node.id == node_id, Node.state.in_(["trusted", "unknown"]), seen < limit)
                     .values(state=NodeState.STALE.value, state_changed_at=now)
                 )
-                if getattr(flipped, "rowcount", 0) != 1:
+                if flipped.rowcount != 1:
                     continue  # another worker got it, or evidence just arrived
                 alerts.record_missed_checkin(
-                    session, node_id=node_id, last_seen=last_seen, now=now,
+                    connection, node_id=node_id, last_seen=last_seen, now=now,
                     sinks=self.config.sinks, base_url=self.config.base_url,
                 )  # fmt: skip
                 marked.append(node_id)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     create_engine,
     event,
@@ -177,6 +178,11 @@ class OutboxAlert(Base):
     lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+def table(model: type[Base]) -> Table:
+    """The Core table of a model, for the hot paths' prebuilt statements."""
+    return Base.metadata.tables[model.__tablename__]
 
 
 def database_url(database: str) -> str:
