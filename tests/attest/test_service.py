@@ -194,6 +194,23 @@ def test_quote_by_another_ak_and_ipe_denials_fail(verifier: Verifier, store: Sto
     assert checks == {"ak.known", "quote.signature", "ipe.denials"}
 
 
+def test_a_re_enrolled_node_is_appraised_with_its_new_ak_not_the_cached_old_one(
+    verifier: Verifier,
+) -> None:
+    node = simulated("node-r")
+    enrol(verifier, node)
+    assert attest(verifier, node).state is NodeState.TRUSTED  # the old AK is parsed and cached
+    old_tpm = node.tpm
+    node.tpm = software_tpm("ecc")  # the same EK, a new AK
+    enrol(verifier, node)
+    assert attest(verifier, node).state is NodeState.TRUSTED
+    replay = attest(verifier, node, signer=old_tpm)
+    assert {f.id for f in replay.findings if f.severity is Severity.FAIL} == {
+        FindingId.AK_KNOWN,
+        FindingId.QUOTE_SIGNATURE,
+    }
+
+
 def test_malformed_evidence_is_a_format_finding(verifier: Verifier) -> None:
     node = simulated("node-g")
     enrol(verifier, node)

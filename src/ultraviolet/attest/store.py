@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     Boolean,
+    Connection,
     DateTime,
     Engine,
     ForeignKey,
@@ -204,6 +205,14 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
+def _begin_immediate(connection: Connection) -> None:
+    # Straight to the driver: this runs for every transaction, and exec_driver_sql's events,
+    # result object and cursor bookkeeping cost more than the statement itself.
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute("BEGIN IMMEDIATE").close()
+
+
 def open_engine(database: str) -> Engine:
     url = database_url(database)
     if url.startswith("sqlite"):
@@ -221,7 +230,7 @@ def open_engine(database: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         # Python's sqlite3 opens transactions lazily; BEGIN IMMEDIATE takes the write lock at
         # the start, so the single-use nonce update cannot interleave with another writer.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _begin_immediate)
         event.listen(
             engine,
             "connect",
