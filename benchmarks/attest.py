@@ -6,10 +6,11 @@ check alone (the physical floor of any verifier).
 A simulated fleet (attest/simulate.py): every node boots a release under Secure Boot (an
 OVMF-like measured boot, about 60 firmware log events and 10 systemd userspace records, each
 node its own logs) on a software TPM and answers a challenge with an RSA-2048 RSASSA quote over
-the policy's PCRs. A full verification is `appraise`: parse the quote, signature and both logs,
-check the signature, nonce, PCR selection and digest, replay both logs against the quoted PCRs,
-judge PCR 4, 7 and 11 against two accepted releases, and IPE events. Measured in CPU time (so "per
-core" even on a busy machine), best of N rounds, interleaved with the floor:
+the policy's PCRs, as our agent does (it quotes the PCRs its policy names). A full verification
+is `appraise`: parse the quote, signature and both logs, check the signature, nonce, PCR
+selection and digest, replay both logs against the quoted PCRs, judge PCR 4, 7 and 11 against
+two accepted releases, and IPE events. Measured in CPU time (so "per core" even on a busy
+machine), best of N rounds, interleaved with the floor:
 
   floor: pyca/cryptography RSA PKCS#1 v1.5 verify of the quote's signature;
   first evidence of a boot: the node's logs never seen before (log caches cleared each time:
@@ -72,7 +73,8 @@ def fleet(count: int) -> tuple[list[Node], AcceptedReleases]:
         nonce = os.urandom(20)
         boot = boot_measurements(new if number % 2 else old, machine=number)
         tpm = tpms[number % len(tpms)]
-        nodes.append((simulated_evidence(tpm, boot, nonce), tpm.public, nonce))
+        evidence = simulated_evidence(tpm, boot, nonce, pcrs=POLICY_PCRS)
+        nodes.append((evidence, tpm.public, nonce))
     return nodes, accepted
 
 

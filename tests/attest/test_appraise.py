@@ -242,6 +242,28 @@ def test_forged_log_entry_hiding_a_rogue_boot_loader_fails_replay(
     assert "(unknown image)" in _message(appraisal, FindingId.PCR4_BOOT_CHAIN)
 
 
+def test_only_quoted_pcrs_are_replayed_and_each_pcr_set_is_replayed_on_its_own(
+    tpm: SoftwareTpm, release: SimulatedRelease, accepted: AcceptedReleases
+) -> None:
+    """A log event forged in PCR 1 (outside the policy) is not judged where the quote leaves
+    PCR 1 out, and is caught where the quote carries it, also after the same logs were
+    replayed for a quote without it (the replay is kept per log and quoted PCR set)."""
+    boot = boot_measurements(release, machine=5150)
+    forged = measured(1, ev.EV_EFI_VARIABLE_BOOT, b"forged boot option", BANKS)
+    logged = dataclasses.replace(boot, firmware=(*boot.firmware, forged))
+    clear_caches()
+    policy_only = simulated_evidence(tpm, boot, NONCE, pcrs=POLICY_PCRS)
+    policy_only = dataclasses.replace(policy_only, firmware_log=logged.firmware_log)
+    assert _appraise(policy_only, tpm, accepted).state is NodeState.TRUSTED
+    appraisal = _appraise(_evidence_with_log(tpm, boot, logged), tpm, accepted)
+    assert _failed(appraisal) == {FindingId.EVENTLOG_REPLAY}
+    assert "sha256 PCR 1:" in _message(appraisal, FindingId.EVENTLOG_REPLAY)
+    genuine = simulated_evidence(tpm, boot, NONCE, pcrs=POLICY_PCRS)
+    assert _appraise(genuine, tpm, accepted).state is NodeState.TRUSTED
+    every_pcr = simulated_evidence(tpm, boot, NONCE)  # the same logs, PCRs 0-7 quoted
+    assert _appraise(every_pcr, tpm, accepted).state is NodeState.TRUSTED
+
+
 def test_forged_userspace_log_fails_userspace_replay(
     tpm: SoftwareTpm, release: SimulatedRelease, accepted: AcceptedReleases
 ) -> None:

@@ -30,6 +30,7 @@ from ultraviolet.formats.eventlog import (
 )
 from ultraviolet.formats.eventlog_fast import (
     _systemd_log,
+    pcr_digests,
     read_userspace_digests,
     read_userspace_log,
     scan_firmware_log,
@@ -57,7 +58,10 @@ def _assert_scan_is_checked(data: bytes, bank: str) -> bool:
         return False
     log = parse_event_log(data)  # must not raise where the scan answered
     assert log.spec_id == scan.spec_id
-    assert scan.replayed == replay(log, bank)
+    assert scan.digests.replay() == replay(log, bank)
+    assert scan.digests == pcr_digests(log, bank)
+    some = set(list(scan.digests.digests)[::2])
+    assert scan.digests.replay(some) == {p: v for p, v in replay(log, bank).items() if p in some}
     measured_events = [e for e in log.events if e.event_type != EV_NO_ACTION]
     for pcr in KEEP:
         checked = [e for e in measured_events if e.pcr == pcr]
@@ -364,4 +368,4 @@ def test_scan_applies_a_startup_locality_that_follows_pcr0_measurements() -> Non
     expected = bytes(31) + b"\x03"
     for data in (b"\0\0\0\0", b"x"):
         expected = hashlib.sha256(expected + hashlib.sha256(data).digest()).digest()
-    assert scan.replayed[0] == expected
+    assert scan.digests.replay()[0] == expected

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -39,11 +39,12 @@ from ultraviolet.formats.eventlog import (
     UserspaceEvent,
     parse_event_log,
     parse_userspace_log,
-    replay,
     replay_userspace,
 )
 from ultraviolet.formats.eventlog_fast import (
+    PcrDigests,
     UserspaceDigests,
+    pcr_digests,
     read_userspace_digests,
     scan_firmware_log,
     variable_name_and_value,
@@ -122,7 +123,7 @@ class FirmwareLog:
     sha256: bytes  # of the log: the cache key
     pcr4: Pcr4Facts
     pcr7: Pcr7Facts
-    replayed: Mapping[int, bytes] | str  # in BANK, or why the log cannot be replayed
+    digests: PcrDigests | str  # what replay reads in BANK, or why the log cannot be replayed
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def _firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
     if scan is not None:  # the common well-formed log, read in one pass
         kept, to_event = scan.kept, scan.event
         pcr4, pcr7 = _pcr4(kept.get(4, ()), to_event), _pcr7(kept.get(7, ()), to_event)
-        return FirmwareLog(key, pcr4, pcr7, scan.replayed)
+        return FirmwareLog(key, pcr4, pcr7, scan.digests)
     return _checked_firmware_facts(key, data)
 
 
@@ -192,14 +193,14 @@ def _checked_firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
         if e.event_type != EV_NO_ACTION:
             measured = (e.offset, e.pcr, e.event_type, e.digests.get(BANK), e.data, e)
             by_pcr.setdefault(e.pcr, []).append(measured)
-    replayed: Mapping[int, bytes] | str
+    digests: PcrDigests | str
     try:
-        replayed = replay(log, BANK)
+        digests = pcr_digests(log, BANK)
     except FormatError as exc:
-        replayed = str(exc)
+        digests = str(exc)
     pcr4 = _pcr4(by_pcr.get(4, ()), _the_event)
     pcr7 = _pcr7(by_pcr.get(7, ()), _the_event)
-    return FirmwareLog(key, pcr4, pcr7, replayed)
+    return FirmwareLog(key, pcr4, pcr7, digests)
 
 
 def _the_event(measured: _Measured) -> Event:
@@ -220,29 +221,39 @@ def _userspace_events(data: bytes) -> tuple[UserspaceDigests, ...]:
 
 
 def replay_logs(
-    firmware: FirmwareLog, userspace: UserspaceLog, bank: str, firmware_data: bytes
+    firmware: FirmwareLog,
+    userspace: UserspaceLog,
+    bank: str,
+    firmware_data: bytes,
+    pcrs: Collection[int],
 ) -> Replayed:
-    """Both logs replayed in `bank`; `firmware_data` is the log `firmware` was read from
+    """Both logs replayed in `bank`, the values of `pcrs` (the quoted ones: no other is
+    compared, so no other is hashed); `firmware_data` is the log `firmware` was read from
     (parsed again only for a bank other than BANK)."""
-    key = (firmware.sha256, userspace.sha256, bank)
-    return _replays.get(key, lambda: _replay_both(firmware, userspace, bank, firmware_data))
+    wanted = frozenset(pcrs)
+    key = (firmware.sha256, userspace.sha256, bank, wanted)
+    return _replays.get(key, lambda: _replay_both(firmware, userspace, bank, firmware_data, wanted))
 
 
 def _replay_both(
-    firmware: FirmwareLog, userspace: UserspaceLog, bank: str, firmware_data: bytes
+    firmware: FirmwareLog,
+    userspace: UserspaceLog,
+    bank: str,
+    firmware_data: bytes,
+    wanted: frozenset[int],
 ) -> Replayed:
-    values: Mapping[int, bytes] | str = firmware.replayed
+    digests: PcrDigests | str = firmware.digests
     if bank != BANK:
         try:
-            values = replay(parse_event_log(firmware_data), bank)
+            digests = pcr_digests(parse_event_log(firmware_data), bank)
         except FormatError as exc:
-            values = str(exc)
-    if isinstance(values, str):
-        return Replayed({}, frozenset(), firmware_error=values)
+            digests = str(exc)
+    if isinstance(digests, str):
+        return Replayed({}, frozenset(), firmware_error=digests)
     events = userspace.events
     extended: set[int] = set()  # the PCRs the userspace log extends in `bank`
     try:
-        replayed = _replay_userspace(events, bank, values, extended)
+        replayed = _replay_userspace(events, bank, digests.replay(wanted), extended, wanted)
     except FormatError as exc:
         return Replayed({}, frozenset(extended), userspace_error=str(exc))
     return Replayed.of(bank, replayed, frozenset(extended))
@@ -253,9 +264,10 @@ def _replay_userspace(
     bank: str,
     start: Mapping[int, bytes],
     extended: set[int],
+    wanted: frozenset[int],
 ) -> dict[int, bytes]:
-    """replay_userspace(events, bank, start) of the events' digests; adds to `extended` the
-    PCRs extended."""
+    """replay_userspace(events, bank, start) of the events' digests, the values of the
+    `wanted` PCRs (every digest is still checked); adds to `extended` the PCRs extended."""
     if bank not in pcr_math.BANKS:
         return replay_userspace(_as_events(events), bank, start)  # which says what is wrong
     hasher, zero = getattr(hashlib, bank), _initial_values(bank)[0]
@@ -268,7 +280,8 @@ def _replay_userspace(
         if len(value) != size:
             extended.update(e[1] for e in events if e[1] is not None and bank in e[2])
             return replay_userspace(_as_events(events), bank, start)  # which says where
-        values[pcr] = hasher(values.get(pcr, zero) + value).digest()
+        if pcr in wanted:
+            values[pcr] = hasher(values.get(pcr, zero) + value).digest()
     return values
 
 

@@ -9,10 +9,10 @@ path, which raises the precise error. tests/formats/test_eventlog_fast.py holds 
 generated, mutated and real logs.
 
 Firmware log: one struct.unpack per record, the digest count and algorithm IDs compared as
-bytes, each digest extended into its PCR as it is read (replay), and only PCR 4 and 7 events
-kept. Userspace log: a log whose every record is in systemd's own compact form is read by one
-regular expression per record (only a content object is left to json); any other goes record
-by record through the JSON decoder.
+bytes, each digest kept in its PCR's list (replay hashes only the PCRs a quote carries), and
+only PCR 4 and 7 events kept whole. Userspace log: a log whose every record is in systemd's own
+compact form is read by one regular expression per record (only a content object is left to
+json); any other goes record by record through the JSON decoder.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -34,12 +34,15 @@ from ultraviolet.formats.eventlog import (
     SHA1_SIZE,
     STARTUP_LOCALITY_SIGNATURE,
     Event,
+    EventLog,
     EventLogError,
     SpecId,
     UserspaceEvent,
     _is_spec_id_event,
     _read_legacy_event,
     _read_spec_id,
+    replay,
+    startup_locality,
     userspace_event_of,
 )
 from ultraviolet.formats.eventlog_userspace import _DIGEST_SIZES
@@ -83,11 +86,47 @@ class _ScanLayout:
 
 
 @dataclass(frozen=True)
+class PcrDigests:
+    """What replay reads of a log in one bank: each PCR's measured digests in log order, and
+    the StartupLocality PCR 0 starts from."""
+
+    bank: str
+    digests: Mapping[int, tuple[bytes, ...]]
+    locality: int | None
+
+    def replay(self, pcrs: Collection[int] | None = None) -> dict[int, bytes]:
+        """replay(parse_event_log(log), bank), of the PCRs in `pcrs` only (every PCR if None):
+        a verifier compares only the PCRs a quote carries, so it hashes only those."""
+        hasher = _HASHERS[self.bank]
+        zero = bytes(hasher().digest_size)
+        values: dict[int, bytes] = {}
+        for pcr, digests in self.digests.items():
+            if pcrs is not None and pcr not in pcrs:
+                continue
+            current = zero if pcr or self.locality is None else zero[:-1] + bytes((self.locality,))
+            for digest in digests:
+                current = hasher(current + digest).digest()
+            values[pcr] = current
+        return values
+
+
+def pcr_digests(log: EventLog, bank: str) -> PcrDigests:
+    """The PcrDigests of a parsed log (EventLogError where replay(log, bank) raises)."""
+    replay(log, bank)  # says what is wrong, and where, with a log that cannot be replayed
+    digests: dict[int, list[bytes]] = {}
+    for event in log.events:
+        if event.event_type != EV_NO_ACTION:
+            digests.setdefault(event.pcr, []).append(event.digests[bank])
+    frozen = {pcr: tuple(values) for pcr, values in digests.items()}
+    return PcrDigests(bank, frozen, startup_locality(log))
+
+
+@dataclass(frozen=True)
 class FirmwareScan:
     """A crypto-agile log as replay sees it, plus the measured events of a few PCRs."""
 
     spec_id: SpecId
-    replayed: dict[int, bytes]  # = replay(parse_event_log(data), bank)
+    digests: PcrDigests  # replay(parse_event_log(data), bank) = digests.replay()
     kept: dict[int, list[KeptEvent]]  # PCR -> its measured events, for the PCRs asked for
     layout: _ScanLayout
     data: bytes  # the log
@@ -117,14 +156,14 @@ def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> Firmware
     if header is None:
         return None
     spec_id, layout = header
-    field, hasher = layout.digest_field.get(bank), _HASHERS.get(bank)
-    if field is None or hasher is None:  # the log has no such bank, or replay knows none
+    field = layout.digest_field.get(bank)
+    if field is None or bank not in _HASHERS:  # the log has no such bank, or replay knows none
         return None
-    scanned = _scan_records(data, end, layout, field, hasher, frozenset(keep))
+    scanned = _scan_records(data, end, layout, field, frozenset(keep))
     if scanned is None:
         return None
-    replayed, kept = scanned
-    return FirmwareScan(spec_id, replayed, kept, layout, data, end)
+    digests, locality, kept = scanned
+    return FirmwareScan(spec_id, PcrDigests(bank, digests, locality), kept, layout, data, end)
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,26 +181,20 @@ def _spec_id_and_layout(record: bytes) -> tuple[SpecId, _ScanLayout] | None:
     return None if layout is None else (spec_id, layout)
 
 
-_Scanned = tuple[dict[int, bytes], dict[int, list[KeptEvent]]]
+_Scanned = tuple[dict[int, tuple[bytes, ...]], int | None, dict[int, list[KeptEvent]]]
 
 
 def _scan_records(
-    data: bytes,
-    offset: int,
-    layout: _ScanLayout,
-    field: int,
-    hasher: Callable[[bytes], Any],
-    keep: frozenset[int],
+    data: bytes, offset: int, layout: _ScanLayout, field: int, keep: frozenset[int]
 ) -> _Scanned | None:
-    """Each PCR's replayed value in `field`'s bank and the kept events; None at the first
-    record that is not the Spec ID's layout or not a plain StartupLocality, or that does not
-    end where the log ends (the record after it cannot be read: struct.error)."""
+    """Each PCR's measured digests in `field`'s bank, the StartupLocality and the kept events;
+    None at the first record that is not the Spec ID's layout or not a plain StartupLocality,
+    or that does not end where the log ends (the record after it cannot be read: struct.error)."""
     end, unpack, head_size, ids = len(data), layout.head.unpack_from, layout.head.size, layout.ids
-    zero = bytes(len(hasher(b"").digest()))
-    values: dict[int, bytes] = {}
-    pcr0: list[bytes] = []  # replayed last: its start depends on the StartupLocality record
+    digests: dict[int, list[bytes]] = {}
     kept: dict[int, list[KeptEvent]] = {}
     locality: int | None = None
+    no_action = EV_NO_ACTION
     try:
         while True:  # until the head after the last record cannot be read
             fields = unpack(data, offset)
@@ -170,31 +203,32 @@ def _scan_records(
             if fields[2:-1:2] != ids:  # the digest count and algorithms
                 return None
             pcr, event_type = fields[0], fields[1]
-            if event_type == EV_NO_ACTION:
+            if event_type == no_action:
                 if pcr == 0 and data.startswith(STARTUP_LOCALITY_SIGNATURE, data_offset):
                     if stop - data_offset != 17:  # replay would raise on its content
                         return None
                     if locality is None:
                         locality = data[data_offset + 16]
             else:
-                digest = fields[field]
-                if pcr:
-                    values[pcr] = hasher(values.get(pcr, zero) + digest).digest()
+                if pcr in digests:
+                    digests[pcr].append(fields[field])
                 else:
-                    pcr0.append(digest)
+                    digests[pcr] = [fields[field]]
                 if pcr in keep:
-                    record = (offset, pcr, event_type, digest, data[data_offset:stop], fields)
+                    record = (
+                        offset,
+                        pcr,
+                        event_type,
+                        fields[field],
+                        data[data_offset:stop],
+                        fields,
+                    )
                     kept.setdefault(pcr, []).append(record)
             offset = stop
     except (struct.error, IndexError):
         if offset != end:  # a record cut short, or one that overruns the log
             return None
-    if pcr0:
-        current = zero if locality is None else zero[:-1] + bytes((locality,))
-        for digest in pcr0:
-            current = hasher(current + digest).digest()
-        values[0] = current
-    return values, kept
+    return {pcr: tuple(values) for pcr, values in digests.items()}, locality, kept
 
 
 def variable_name_and_value(data: bytes) -> tuple[str, bytes] | None:
