@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from ultraviolet.errors import FormatError
 from ultraviolet.formats import efivar
@@ -75,15 +75,19 @@ class _Lru(Generic[_V]):
         self.lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, key: Hashable, make: Callable[[], _V]) -> _V:
+    def get(self, key: Hashable) -> _V | None:
+        """The value kept for `key` (now the most recently used), or None: then put() it."""
         with self.lock:
-            if key in self.items:
+            value = self.items.get(key)
+            if value is None:
+                self.misses += 1
+            else:
                 self.items.move_to_end(key)
                 self.hits += 1
-                return self.items[key]
-        value = make()
+            return value
+
+    def put(self, key: Hashable, value: _V) -> _V:
         with self.lock:
-            self.misses += 1
             self.items[key] = value
             if len(self.items) > self.size:
                 self.items.popitem(last=False)
@@ -102,22 +106,23 @@ class KeyDatabase:
     problem: str | None = None
 
 
-@dataclass(frozen=True)
-class Pcr4Facts:
+# The facts below are made per log read and per replay, on the verifier's hot path: immutable
+# named tuples, about half the cost of a frozen dataclass to make.
+
+
+class Pcr4Facts(NamedTuple):
     applications: tuple[bytes, ...]  # Authenticode digests, in the order started
     disguised: Event | None  # the first other event whose digest is not the hash of its data
 
 
-@dataclass(frozen=True)
-class Pcr7Facts:
+class Pcr7Facts(NamedTuple):
     uncovered: Event | None  # the first event whose digest is not the hash of its data
     secure_boot: bytes | None
     databases: Mapping[str, KeyDatabase | None]  # None: not measured
     authorities: tuple[bytes, ...]  # fingerprints of the db entries that verified images
 
 
-@dataclass(frozen=True)
-class FirmwareLog:
+class FirmwareLog(NamedTuple):
     """What the appraisal needs of a firmware log; not the events themselves."""
 
     sha256: bytes  # of the log: the cache key
@@ -126,21 +131,22 @@ class FirmwareLog:
     digests: PcrDigests | str  # what replay reads in BANK, or why the log cannot be replayed
 
 
-@dataclass(frozen=True)
-class UserspaceLog:
+class UserspaceLog(NamedTuple):
     sha256: bytes
     events: tuple[UserspaceDigests, ...]  # (offset, PCR, digests): all that replay reads
 
 
-@dataclass(frozen=True)
-class Replayed:
+_NO_VALUES: Mapping[int, bytes] = MappingProxyType({})
+
+
+class Replayed(NamedTuple):
     """PCR values after both logs, or why either log cannot be replayed in the bank."""
 
     values: Mapping[int, bytes]
     userspace_pcrs: frozenset[int]  # PCRs the userspace log extended
     firmware_error: str | None = None
     userspace_error: str | None = None
-    every_pcr: Mapping[int, bytes] = field(default_factory=dict)  # values, else initial value
+    every_pcr: Mapping[int, bytes] = _NO_VALUES  # values, else initial value
 
     @classmethod
     def of(cls, bank: str, values: Mapping[int, bytes], userspace_pcrs: frozenset[int]) -> Replayed:
@@ -168,13 +174,15 @@ _ToEvent = Callable[[Any], Event]  # takes the _Measured it was given
 
 
 def _covers_data(digest: bytes | None, data: bytes) -> bool:
-    return digest is not None and hmac.compare_digest(digest, hashlib.sha256(data).digest())
+    # (Not a secret compared: a log and its digests are public, as are the PCRs.)
+    return digest is not None and digest == hashlib.sha256(data).digest()
 
 
 def read_firmware_log(data: bytes) -> FirmwareLog:
     """The log's facts (EventLogError if it does not parse)."""
     key = hashlib.sha256(data).digest()
-    return _firmware_logs.get(key, lambda: _firmware_facts(key, data))
+    facts = _firmware_logs.get(key)
+    return _firmware_logs.put(key, _firmware_facts(key, data)) if facts is None else facts
 
 
 def _firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
@@ -210,7 +218,10 @@ def _the_event(measured: _Measured) -> Event:
 
 def read_userspace_log(data: bytes) -> UserspaceLog:
     key = hashlib.sha256(data).digest()
-    return _userspace_logs.get(key, lambda: UserspaceLog(key, _userspace_events(data)))
+    log = _userspace_logs.get(key)
+    return (
+        _userspace_logs.put(key, UserspaceLog(key, _userspace_events(data))) if log is None else log
+    )
 
 
 def _userspace_events(data: bytes) -> tuple[UserspaceDigests, ...]:
@@ -232,7 +243,10 @@ def replay_logs(
     (parsed again only for a bank other than BANK)."""
     wanted = frozenset(pcrs)
     key = (firmware.sha256, userspace.sha256, bank, wanted)
-    return _replays.get(key, lambda: _replay_both(firmware, userspace, bank, firmware_data, wanted))
+    replayed = _replays.get(key)
+    if replayed is None:
+        replayed = _replays.put(key, _replay_both(firmware, userspace, bank, firmware_data, wanted))
+    return replayed
 
 
 def _replay_both(
@@ -305,7 +319,7 @@ def clear_caches(*, shared_values: bool = False) -> None:
     for cache in (_firmware_logs, _userspace_logs, _replays):
         cache.clear()
     if shared_values:
-        _variable_facts.cache_clear()
+        _variables.clear()
 
 
 def cache_statistics() -> dict[str, tuple[int, int]]:
@@ -335,11 +349,17 @@ def _pcr7(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr7Facts:
     authorities: list[bytes] = []
     for measured in events:
         event_type, digest, data = measured[2], measured[3], measured[4]
-        if uncovered is None and not _covers_data(digest, data):
+        covered = _covers_data(digest, data)
+        if uncovered is None and not covered:
             uncovered = to_event(measured)
         if event_type not in _VARIABLE_EVENTS:
             continue
-        variable = _variable_facts(event_type == EV_EFI_VARIABLE_AUTHORITY, data)
+        authority = event_type == EV_EFI_VARIABLE_AUTHORITY
+        if covered:
+            assert digest is not None
+            variable = _known_variable(authority, digest, data)
+        else:
+            variable = _variable_facts(authority, data)
         if variable is None:  # malformed data
             continue
         name, value, derived = variable
@@ -352,14 +372,28 @@ def _pcr7(events: Sequence[_Measured], to_event: _ToEvent) -> Pcr7Facts:
     return Pcr7Facts(uncovered, variables.get("SecureBoot"), databases, tuple(authorities))
 
 
-@functools.lru_cache(maxsize=1024)
-def _variable_facts(
-    authority: bool, data: bytes
-) -> tuple[str, bytes, KeyDatabase | bytes | None] | None:
+_VariableFacts = tuple[str, bytes, KeyDatabase | bytes | None]
+_variables: dict[tuple[bool, bytes], _VariableFacts | None] = {}
+CACHED_VARIABLES = 1024
+
+
+def _known_variable(authority: bool, sha256: bytes, data: bytes) -> _VariableFacts | None:
+    """_variable_facts(authority, data), given the data's SHA-256. A fleet measures the same
+    PK, KEK, db and db entries into every node's PCR 7: each is read once per distinct value
+    (as the Spec ID record), kept by the digest its event carries, just checked against it."""
+    key = (authority, sha256)
+    if key in _variables:
+        return _variables[key]
+    facts = _variable_facts(authority, data)
+    if len(_variables) >= CACHED_VARIABLES:  # a flood of distinct values: start afresh
+        _variables.clear()
+    _variables[key] = facts
+    return facts
+
+
+def _variable_facts(authority: bool, data: bytes) -> _VariableFacts | None:
     """(name, value, what is judged of it) of a UEFI variable event's data, None where it is
-    malformed: an authority's certificate fingerprint, PK/KEK/db's certificates.
-    A pure function of the bytes, and a fleet measures the same PK, KEK, db and db entry into
-    every node's PCR 7: read once per distinct value (as the Spec ID record), not per log."""
+    malformed: an authority's certificate fingerprint, PK/KEK/db's certificates."""
     variable = variable_name_and_value(data)
     if variable is None:
         return None
