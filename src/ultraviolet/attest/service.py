@@ -233,8 +233,9 @@ class Verifier:
         now = self.clock()
         value = secrets.token_bytes(NONCE_SIZE)
         expires = now + self.config.nonce_ttl
-        with self.store.engine.begin() as connection:
-            # One statement: the nonce row exists only if the node does.
+        with self.store.autocommit.begin() as connection:
+            # One statement (so no transaction is needed): a nonce row exists only if the node
+            # does.
             parameters: dict[str, Any] = {"b_node_id": node_id, "b_value": value}
             parameters |= {"b_issued_at": now, "b_expires_at": expires}
             issued = connection.execute(_ISSUE_NONCE, parameters)
@@ -258,8 +259,8 @@ class Verifier:
 
     def _read_for_appraisal(self, node_id: str) -> tuple[bytes, bytes, Any]:
         """(AK public, AK name, accepted releases or the UltravioletError loading them), read
-        in one short transaction before the appraisal."""
-        with self.store.engine.connect() as connection:
+        before the appraisal; the evidence's transaction checks the AK again."""
+        with self.store.autocommit.connect() as connection:
             node = connection.execute(_NODE_AK, {"node_id": node_id}).first()
             if node is None:
                 raise NotFound("node.unknown", f"node {node_id} is not enrolled")

@@ -262,6 +262,13 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.session = sessionmaker(engine, expire_on_commit=False)
+        # For work that is one statement, or reads needing no snapshot across statements: on
+        # PostgreSQL without the BEGIN and COMMIT round trips (each statement commits, durably,
+        # before it returns). SQLite keeps its transactions: its driver connection is in manual
+        # mode with BEGIN IMMEDIATE (open_engine), which resetting AUTOCOMMIT would undo.
+        self.autocommit = engine
+        if engine.dialect.name == "postgresql":
+            self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     def open(cls, database: str, *, migrate: bool = True) -> Store:
