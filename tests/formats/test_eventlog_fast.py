@@ -29,6 +29,7 @@ from ultraviolet.formats.eventlog import (
     replay,
 )
 from ultraviolet.formats.eventlog_fast import (
+    _same_banks_log,
     _systemd_log,
     pcr_digests,
     read_userspace_digests,
@@ -261,7 +262,10 @@ def test_userspace_fast_path_equals_the_checked_reader(
         text.isascii() and text.isprintable() and not {'"', "\\"} & set(text) for _, text in strings
     )
     if data.isascii() and not others and not gap and plain:  # no escapes: one match a record
-        assert _systemd_log(data.decode("ascii"), False, bare=True) is not None
+        bare = _systemd_log(data.decode("ascii"), False, bare=True)
+        assert bare is not None
+        if strings:  # the same banks in every record: one findall reads them all
+            assert _same_banks_log(data.decode("ascii")) == bare
 
 
 @settings(max_examples=400)
@@ -331,6 +335,22 @@ def test_userspace_records_in_systemd_form_equal_the_checked_reader(
     if _assert_userspace_is_checked(data):
         return
     assert checked == () or not data.isascii()  # an ASCII log the checked reader reads
+
+
+def test_same_banks_reading_gives_up_on_records_with_other_banks_or_text_between() -> None:
+    both, sha256 = ("sha1", "sha256"), ("sha256",)
+    log = userspace_record(11, "a", both) + userspace_record(15, "b", both)
+    assert _same_banks_log(log.decode()) == read_userspace_digests(log)
+    for other in (
+        userspace_record(11, "a", both) + userspace_record(15, "b", sha256),
+        userspace_record(11, "a", both) + b" " + userspace_record(15, "b", both),
+        userspace_record(11, "a", both)[:-1] + userspace_record(15, "b", both),
+    ):
+        assert _same_banks_log(other.decode()) is None
+    mixed = userspace_record(11, "a", both) + userspace_record(15, "b", sha256)
+    assert read_userspace_digests(mixed) == tuple(
+        (e.offset, e.pcr, e.digests) for e in parse_userspace_log(mixed)
+    )
 
 
 def test_fast_paths_give_up_on_what_only_the_checked_reader_explains() -> None:

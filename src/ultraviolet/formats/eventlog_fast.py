@@ -24,7 +24,7 @@ import re
 import struct
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal, NamedTuple, overload
 
 from ultraviolet.errors import FormatError
 from ultraviolet.formats._reader import Reader
@@ -57,32 +57,58 @@ _JSON = json.JSONDecoder()
 
 
 # A measured event of a kept PCR as the scan leaves it: (offset, pcr, event type, its digest in
-# the scanned bank, data, the record's unpacked head). FirmwareScan.event() makes the Event;
-# the verifier makes one only for an event it reports.
+# the scanned bank, data, the record's head as the scan unpacked it). FirmwareScan.event() makes
+# the Event; the verifier makes one only for an event it reports.
 KeptEvent = tuple[int, int, int, bytes, bytes, tuple[Any, ...]]
+
+
+class _BankHead(NamedTuple):
+    """TCG_PCR_EVENT2 up to the data size as the scan for one bank reads it: the digest count
+    and algorithm IDs as integers (small ones, so no object is made for them), that bank's
+    digest, the other banks' digests skipped. One unpack and one or two tuple comparisons
+    check a record's layout."""
+
+    head: struct.Struct
+    digest: int  # index of the bank's digest in the fields
+    ids_before: tuple[int, ...]  # the fields from index 2 up to the digest must be these
+    ids_after: tuple[int, ...]  # and those after it, but for the data size
 
 
 @dataclass(frozen=True)
 class _ScanLayout:
     """TCG_PCR_EVENT2 up to the data size when it carries every bank of the Spec ID in order,
-    as firmware writes it, with the digest count and algorithm IDs read as the bytes they must
-    be: one unpack and one comparison check a record's layout."""
+    as firmware writes it."""
 
-    head: struct.Struct
-    ids: tuple[bytes, ...]  # count and first algorithm, then each further algorithm
-    digest_fields: tuple[tuple[str, int], ...]  # (bank, index of its digest in the fields)
-    digest_field: dict[str, int]  # the same by bank
+    head: struct.Struct  # every field, each digest as bytes: for the Event of a record
+    digest_fields: tuple[tuple[str, int], ...]  # (bank, index of its digest in head's fields)
+    banks: Mapping[str, _BankHead]  # what the scan of each bank unpacks
 
     @classmethod
     def of(cls, spec_id: SpecId) -> _ScanLayout | None:
         if not spec_id.algorithms:
             return None
-        (first, first_size), *others = spec_id.algorithms
+        (_, first_size), *others = spec_id.algorithms
         fields = f"<II6s{first_size}s" + "".join(f"2s{size}s" for _, size in others) + "I"
-        count_and_first = struct.pack("<IH", len(spec_id.algorithms), first)
-        more = tuple(struct.pack("<H", algorithm) for algorithm, _ in others)
         digests = tuple((bank, 3 + 2 * number) for number, bank in enumerate(spec_id.banks))
-        return cls(struct.Struct(fields), (count_and_first, *more), digests, dict(digests))
+        heads = {bank: _bank_head(spec_id, bank) for bank in spec_id.banks}
+        return cls(struct.Struct(fields), digests, heads)
+
+
+def _bank_head(spec_id: SpecId, bank: str) -> _BankHead:
+    banks = spec_id.banks
+    kept = banks.index(bank)  # (a Spec ID lists each algorithm once)
+    fields, ids, digest = "<IIIH", [len(banks), spec_id.algorithms[0][0]], 0
+    for number, (algorithm, size) in enumerate(spec_id.algorithms):
+        if number:
+            fields += "H"
+            ids.append(algorithm)
+        if number == kept:
+            digest = 2 + len(ids)
+            fields += f"{size}s"
+        else:
+            fields += f"{size}x"
+    before, after = tuple(ids[: digest - 2]), tuple(ids[digest - 2 :])
+    return _BankHead(struct.Struct(fields + "I"), digest, before, after)
 
 
 @dataclass(frozen=True)
@@ -134,9 +160,10 @@ class FirmwareScan:
 
     def event(self, kept: KeptEvent) -> Event:
         """The Event parse_event_log reads for this record."""
-        offset, pcr, event_type, _, data, fields = kept
-        digests = {bank: fields[at] for bank, at in self.layout.digest_fields}
+        offset, pcr, event_type, _, data, _ = kept
         head = self.layout.head
+        fields = head.unpack_from(self.data, offset)
+        digests = {bank: fields[at] for bank, at in self.layout.digest_fields}
         index, at = 1, self.first  # (counted here: the scan does not, for every record)
         while at < offset:
             at += head.size + head.unpack_from(self.data, at)[-1]
@@ -156,10 +183,10 @@ def scan_firmware_log(data: bytes, bank: str, keep: Collection[int]) -> Firmware
     if header is None:
         return None
     spec_id, layout = header
-    field = layout.digest_field.get(bank)
-    if field is None or bank not in _HASHERS:  # the log has no such bank, or replay knows none
+    bank_head = layout.banks.get(bank)
+    if bank_head is None or bank not in _HASHERS:  # the log has no such bank, or replay knows none
         return None
-    scanned = _scan_records(data, end, layout, field, frozenset(keep))
+    scanned = _scan_records(data, end, bank_head, frozenset(keep))
     if scanned is None:
         return None
     digests, locality, kept = scanned
@@ -185,12 +212,14 @@ _Scanned = tuple[dict[int, tuple[bytes, ...]], int | None, dict[int, list[KeptEv
 
 
 def _scan_records(
-    data: bytes, offset: int, layout: _ScanLayout, field: int, keep: frozenset[int]
+    data: bytes, offset: int, layout: _BankHead, keep: frozenset[int]
 ) -> _Scanned | None:
-    """Each PCR's measured digests in `field`'s bank, the StartupLocality and the kept events;
-    None at the first record that is not the Spec ID's layout or not a plain StartupLocality,
-    or that does not end where the log ends (the record after it cannot be read: struct.error)."""
-    end, unpack, head_size, ids = len(data), layout.head.unpack_from, layout.head.size, layout.ids
+    """Each PCR's measured digests in the layout's bank, the StartupLocality and the kept
+    events; None at the first record that is not the Spec ID's layout or not a plain
+    StartupLocality, or that does not end where the log ends (the record after it cannot be
+    read: struct.error)."""
+    end, unpack, head_size = len(data), layout.head.unpack_from, layout.head.size
+    field, ids_before, ids_after = layout.digest, layout.ids_before, layout.ids_after
     digests: dict[int, list[bytes]] = {}
     kept: dict[int, list[KeptEvent]] = {}
     locality: int | None = None
@@ -198,29 +227,30 @@ def _scan_records(
     try:
         while True:  # until the head after the last record cannot be read
             fields = unpack(data, offset)
-            data_offset = offset + head_size
-            stop = data_offset + fields[-1]
-            if fields[2:-1:2] != ids:  # the digest count and algorithms
-                return None
+            if fields[2:field] != ids_before or (ids_after and fields[field + 1 : -1] != ids_after):
+                return None  # another digest count or other algorithms
+            stop = offset + head_size + fields[-1]
             pcr, event_type = fields[0], fields[1]
             if event_type == no_action:
+                data_offset = offset + head_size
                 if pcr == 0 and data.startswith(STARTUP_LOCALITY_SIGNATURE, data_offset):
                     if stop - data_offset != 17:  # replay would raise on its content
                         return None
                     if locality is None:
                         locality = data[data_offset + 16]
             else:
+                digest = fields[field]
                 if pcr in digests:
-                    digests[pcr].append(fields[field])
+                    digests[pcr].append(digest)
                 else:
-                    digests[pcr] = [fields[field]]
+                    digests[pcr] = [digest]
                 if pcr in keep:
                     record = (
                         offset,
                         pcr,
                         event_type,
-                        fields[field],
-                        data[data_offset:stop],
+                        digest,
+                        data[offset + head_size : stop],
                         fields,
                     )
                     kept.setdefault(pcr, []).append(record)
@@ -312,11 +342,58 @@ def read_userspace_digests(data: bytes) -> tuple[UserspaceDigests, ...] | None:
     """(offset, pcr, digests) of each event parse_userspace_log reads, or None (then take the
     checked path): all that replay reads, without an event object per record."""
     if data and data[0] == RECORD_SEPARATOR and data.isascii() and b"\0" not in data:
-        digests = _systemd_log(data.decode("ascii"), False, bare=True)
+        text = data.decode("ascii")
+        digests = _same_banks_log(text)
+        if digests is None:
+            digests = _systemd_log(text, False, bare=True)
         if digests is not None:
             return digests
     events = read_userspace_log(data, content=False)
     return None if events is None else tuple((e.offset, e.pcr, e.digests) for e in events)
+
+
+@functools.lru_cache(maxsize=16)
+def _same_banks_record(banks: tuple[str, ...]) -> re.Pattern[str] | None:
+    """_SYSTEMD_LOG_RECORD for a record with digests in exactly `banks`, in this order, each
+    the size of its algorithm (so the hex digits are counted and read without a check), the
+    whole record captured first; None for banks of no known size, or one listed twice."""
+    if len(set(banks)) != len(banks) or not all(bank in _DIGEST_SIZES for bank in banks):
+        return None
+    items = ",".join(
+        rf'\{{"hashAlg":"{bank}","digest":"([0-9a-f]{{{2 * _DIGEST_SIZES[bank]}}})"\}}'
+        for bank in banks
+    )
+    return re.compile(
+        rf'(\x1e\{{"pcr":(0|[1-9][0-9]{{0,8}}),"digests":\[{items}\],'
+        rf'"content_type":"[^"\\\x00-\x1f]*+","content":{_FLAT_OBJECT}\}}\n)'
+    )
+
+
+def _same_banks_log(text: str) -> tuple[UserspaceDigests, ...] | None:
+    """_systemd_log(text, False, bare=True) of a log whose every record is in systemd's form
+    with the first record's banks (a node measures into the same banks all along), else None.
+    One findall: the records found are in order and do not overlap, so they are the whole
+    log exactly when their lengths add up to its length."""
+    first = _SYSTEMD_LOG_RECORD.match(text)
+    if first is None:
+        return None
+    banks = tuple(bank for bank in first.groups()[1:9:2] if bank is not None)
+    pattern = _same_banks_record(banks)
+    if pattern is None:
+        return None
+    events: list[UserspaceDigests] = []
+    offset, fromhex = 0, bytes.fromhex
+    if len(banks) == 2:  # sha1 and sha256, as most TPMs have them: no loop per digest
+        one, two = banks
+        for record, pcr, first_hex, second_hex in pattern.findall(text):
+            events.append((offset, int(pcr), {one: fromhex(first_hex), two: fromhex(second_hex)}))
+            offset += len(record)
+    else:
+        for record, pcr, *hexes in pattern.findall(text):
+            digests = {bank: fromhex(hexes[at]) for at, bank in enumerate(banks)}
+            events.append((offset, int(pcr), digests))
+            offset += len(record)
+    return tuple(events) if offset == len(text) else None
 
 
 @overload
