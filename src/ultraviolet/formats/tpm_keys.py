@@ -8,6 +8,7 @@ import functools
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -238,6 +239,12 @@ def qualified_name(parent_qualified_name: bytes, name: bytes) -> bytes:
 # Verification.
 
 
+@functools.lru_cache(maxsize=16)
+def _hash_object(hash_alg: int) -> hashes.HashAlgorithm:
+    """The pyca hash of a TPM_ALG_ID (immutable: made once, not per signature)."""
+    return HASH_ALGORITHMS[hash_alg][2]()
+
+
 def verify_signature(message: bytes, signature: Signature, public: PublicArea) -> None:
     """Check `signature` over `message` with `public`; QuoteVerificationError if it fails."""
     key = public.public_key()
@@ -251,7 +258,7 @@ def verify_signature(message: bytes, signature: Signature, public: PublicArea) -
         )
     if signature.hash_alg not in HASH_ALGORITHMS:
         raise TpmError("TPMT_SIGNATURE", f"unknown hash algorithm 0x{signature.hash_alg:04x}")
-    chosen = HASH_ALGORITHMS[signature.hash_alg][2]()
+    chosen = _hash_object(signature.hash_alg)
     try:
         if isinstance(key, rsa.RSAPublicKey) and signature.scheme == ALG_RSASSA:
             key.verify(signature.rsa, message, _PKCS1V15, chosen)
