@@ -60,6 +60,7 @@ _IPE_ACTION = re.compile(r'rule="[^"]*\baction=(ALLOW|DENY)\b')
 _ID = FindingId
 _ALL = tuple(FindingId)  # in report order (iterating the enum itself is slow)
 _NO_DETAILS: Mapping[str, Any] = MappingProxyType({})
+_NONE: frozenset[int] = frozenset()
 _SHARED_PASSES = 1024  # a pass message names at most the policy's PCRs or a record count
 _PASSES: dict[tuple[FindingId, str], Finding] = {}
 
@@ -81,7 +82,7 @@ class _Run:
     signature: Signature | None = None
     firmware: FirmwareLog | None = None
     userspace: UserspaceLog | None = None
-    quoted: dict[str, dict[int, bytes]] = field(default_factory=dict)  # authenticated
+    quoted: Mapping[str, Mapping[int, bytes]] = field(default_factory=dict)  # authenticated
     replayed: set[int] = field(default_factory=set)  # BANK PCRs whose log matched the quote
     booted_uki: bytes | None = None  # the UKI PCR 4 measured
     release: str | None = None
@@ -285,7 +286,7 @@ def _covers_message(pcrs: tuple[int, ...]) -> str:
 def _check_pcr_digest(run: _Run) -> bool:
     assert run.quote is not None and run.signature is not None
     selected, sent = _selected(run), run.evidence.pcrs
-    if any(not values.keys() <= selected.get(bank, set()) for bank, values in sent.items()):
+    if not all(values.keys() <= selected.get(bank, _NONE) for bank, values in sent.items()):
         pairs = {(bank, pcr) for bank, pcrs in selected.items() for pcr in pcrs}
         extra = sorted({(bank, pcr) for bank, values in sent.items() for pcr in values} - pairs)
         listed = ", ".join(f"{bank}:{pcr}" for bank, pcr in extra)
@@ -301,7 +302,7 @@ def _check_pcr_digest(run: _Run) -> bool:
             f"the PCR values hash to {computed.hex()}, the quote's pcrDigest is "
             f"{run.quote.pcr_digest.hex()}",
         )
-    run.quoted = {bank: dict(values) for bank, values in run.evidence.pcrs.items()}
+    run.quoted = run.evidence.pcrs  # (evidence is immutable: read, not copied)
     return run.passed(_ID.QUOTE_PCR_DIGEST, "the PCR values are the ones the TPM quoted")
 
 

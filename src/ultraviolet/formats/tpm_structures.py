@@ -404,9 +404,7 @@ def _read_quote_fast(data: bytes) -> Quote | None:
         at += 3 + size
         if alg not in HASH_ALGORITHMS or size > MAX_SIZE_OF_SELECT or at > end:
             return None
-        selections.append(
-            PcrSelection(HASH_ALGORITHMS[alg][0], pcr_indices(data[at - size : at]), size)
-        )
+        selections.append(_selection(alg, data[at - size : at]))
     if at + 2 > end or at + 2 + int.from_bytes(data[at : at + 2]) != end:
         return None
     # As the event log readers do: fill the frozen dataclasses' fields directly, not through
@@ -425,7 +423,17 @@ def _read_quote_fast(data: bytes) -> Quote | None:
         attested=data[extra_end + 25 :],
         magic=TPM_GENERATED_VALUE,
     )
-    return Quote(attest, QuoteInfo(tuple(selections), data[at + 2 :]))
+    info: QuoteInfo = object.__new__(QuoteInfo)
+    info.__dict__.update(selections=tuple(selections), pcr_digest=data[at + 2 :])
+    quote: Quote = object.__new__(Quote)
+    quote.__dict__.update(attest=attest, info=info)
+    return quote
+
+
+@functools.lru_cache(maxsize=64)
+def _selection(alg: int, bitmap: bytes) -> PcrSelection:
+    """A quote's PCR selection (immutable, so shared: a fleet's nodes quote the same PCRs)."""
+    return PcrSelection(HASH_ALGORITHMS[alg][0], pcr_indices(bitmap), len(bitmap))
 
 
 def _read_quote(data: Bytes) -> Quote:
