@@ -237,56 +237,30 @@ def _scan_records(
     events; None at the first record that is not the Spec ID's layout or not a plain
     StartupLocality, or that does not end where the log ends (the record after it cannot be
     read: struct.error)."""
-    if layout.common:
-        return _scan_common_records(data, offset, layout, keep)
-    end, unpack, head_size = len(data), layout.head.unpack_from, layout.head.size
+    end, unpack, head_size, common = (
+        len(data),
+        layout.head.unpack_from,
+        layout.head.size,
+        layout.common,
+    )
     field, ids_before, ids_after = layout.digest, layout.ids_before, layout.ids_after
+    count_must, first_must, second_must = ids_before if common else (0, 0, 0)
     digests: dict[int, list[bytes]] = {}
     kept: dict[int, list[KeptEvent]] = {}
     locality: int | None = None
     try:
         while True:  # until the head after the last record cannot be read
-            fields = unpack(data, offset)
-            if fields[2:field] != ids_before or (ids_after and fields[field + 1 : -1] != ids_after):
-                return None  # another digest count or other algorithms
-            pcr, event_type, size = fields[0], fields[1], fields[-1]
-            if event_type == EV_NO_ACTION:
-                if pcr == 0:
-                    locality = _startup_locality(data, offset + head_size, size, locality)
-                    if locality == _NOT_PLAIN:
-                        return None
+            if common:  # the verifier's hot path: unpacked into names, a third faster
+                pcr, event_type, count, first, second, digest, size = unpack(data, offset)
+                if count != count_must or first != first_must or second != second_must:
+                    return None  # another digest count or other algorithms
             else:
-                digest = fields[field]
-                if pcr in digests:
-                    digests[pcr].append(digest)
-                else:
-                    digests[pcr] = [digest]
-                if pcr in keep:
-                    start = offset + head_size
-                    record = (offset, pcr, event_type, digest, data[start : start + size], None)
-                    kept.setdefault(pcr, []).append(record)
-            offset += head_size + size
-    except (struct.error, IndexError):
-        if offset != end:  # a record cut short, or one that overruns the log
-            return None
-    return {pcr: tuple(values) for pcr, values in digests.items()}, locality, kept
-
-
-def _scan_common_records(
-    data: bytes, offset: int, layout: _BankHead, keep: frozenset[int]
-) -> _Scanned | None:
-    """_scan_records of a common layout (the verifier's hot path: the same steps, unpacked
-    into names)."""
-    end, unpack, head_size = len(data), layout.head.unpack_from, layout.head.size
-    count_must, first_must, second_must = layout.ids_before
-    digests: dict[int, list[bytes]] = {}
-    kept: dict[int, list[KeptEvent]] = {}
-    locality: int | None = None
-    try:
-        while True:  # until the head after the last record cannot be read
-            pcr, event_type, count, first, second, digest, size = unpack(data, offset)
-            if count != count_must or first != first_must or second != second_must:
-                return None  # another digest count or other algorithms
+                fields = unpack(data, offset)
+                if fields[2:field] != ids_before or (
+                    ids_after and fields[field + 1 : -1] != ids_after
+                ):
+                    return None
+                pcr, event_type, digest, size = fields[0], fields[1], fields[field], fields[-1]
             if event_type == EV_NO_ACTION:
                 if pcr == 0:
                     locality = _startup_locality(data, offset + head_size, size, locality)
