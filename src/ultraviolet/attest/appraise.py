@@ -318,8 +318,8 @@ def _check_replay(run: _Run) -> bool:
     firmware_bad: list[str] = []
     userspace_bad: list[str] = []
     assert run.firmware is not None and run.userspace is not None
+    firmware_data = run.evidence.firmware_log
     for bank, values in run.quoted.items():
-        firmware_data = run.evidence.firmware_log
         replayed = replay_logs(run.firmware, run.userspace, bank, firmware_data, values.keys())
         if replayed.firmware_error:
             firmware_bad.append(f"{bank}: {replayed.firmware_error}")

@@ -75,18 +75,17 @@ class _Lru(Generic[_V]):
         self.lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, key: Hashable) -> _V | None:
-        """The value kept for `key` (now the most recently used), or None: then put() it."""
+    def get(self, key: Hashable, make: Callable[..., _V], *arguments: Any) -> _V:
+        """The value kept for `key` (now the most recently used), else make(*arguments) kept
+        (the arguments rather than a closure: a miss per first evidence, on the hot path)."""
         with self.lock:
             value = self.items.get(key)
-            if value is None:
-                self.misses += 1
-            else:
+            if value is not None:
                 self.items.move_to_end(key)
                 self.hits += 1
-            return value
-
-    def put(self, key: Hashable, value: _V) -> _V:
+                return value
+            self.misses += 1
+        value = make(*arguments)
         with self.lock:
             self.items[key] = value
             if len(self.items) > self.size:
@@ -195,8 +194,7 @@ def _small_data_sha256(data: bytes) -> bytes:
 def read_firmware_log(data: bytes) -> FirmwareLog:
     """The log's facts (EventLogError if it does not parse)."""
     key = hashlib.sha256(data).digest()
-    facts = _firmware_logs.get(key)
-    return _firmware_logs.put(key, _firmware_facts(key, data)) if facts is None else facts
+    return _firmware_logs.get(key, _firmware_facts, key, data)
 
 
 def _firmware_facts(key: bytes, data: bytes) -> FirmwareLog:
@@ -232,10 +230,11 @@ def _the_event(measured: _Measured) -> Event:
 
 def read_userspace_log(data: bytes) -> UserspaceLog:
     key = hashlib.sha256(data).digest()
-    log = _userspace_logs.get(key)
-    return (
-        _userspace_logs.put(key, UserspaceLog(key, _userspace_events(data))) if log is None else log
-    )
+    return _userspace_logs.get(key, _userspace_facts, key, data)
+
+
+def _userspace_facts(key: bytes, data: bytes) -> UserspaceLog:
+    return UserspaceLog(key, _userspace_events(data))
 
 
 def _userspace_events(data: bytes) -> tuple[UserspaceDigests, ...]:
@@ -257,10 +256,7 @@ def replay_logs(
     (parsed again only for a bank other than BANK)."""
     wanted = frozenset(pcrs)
     key = (firmware.sha256, userspace.sha256, bank, wanted)
-    replayed = _replays.get(key)
-    if replayed is None:
-        replayed = _replays.put(key, _replay_both(firmware, userspace, bank, firmware_data, wanted))
-    return replayed
+    return _replays.get(key, _replay_both, firmware, userspace, bank, firmware_data, wanted)
 
 
 def _replay_both(

@@ -8,11 +8,12 @@ where the input is anything but the common well-formed case: the caller then tak
 path, which raises the precise error. tests/formats/test_eventlog_fast.py holds them equal on
 generated, mutated and real logs.
 
-Firmware log: one struct.unpack per record, the digest count and algorithm IDs compared as
-bytes, each digest kept in its PCR's list (replay hashes only the PCRs a quote carries), and
-only PCR 4 and 7 events kept whole. Userspace log: a log whose every record is in systemd's own
-compact form is read by one regular expression per record (only a content object is left to
-json); any other goes record by record through the JSON decoder.
+Firmware log: one struct.unpack per record (only the scanned bank's digest read), the digest
+count and algorithm IDs compared as integers, each digest kept in its PCR's list (replay hashes
+only the PCRs a quote carries), and only PCR 4 and 7 events kept whole. Userspace log: a log
+whose records are all in systemd's own compact form with the same banks is read by one findall;
+one in that form otherwise by one regular expression per record (only a content object is left
+to json); any other goes record by record through the JSON decoder.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ _JSON = json.JSONDecoder()
 
 
 # A measured event of a kept PCR as the scan leaves it: (offset, pcr, event type, its digest in
-# the scanned bank, data, the record's head as the scan unpacked it). FirmwareScan.event() makes
-# the Event; the verifier makes one only for an event it reports.
+# the scanned bank, data, None: the place the checked reader's tuples hold the Event).
+# FirmwareScan.event() makes the Event; the verifier makes one only for an event it reports.
 KeptEvent = tuple[int, int, int, bytes, bytes, None]
 
 
