@@ -205,7 +205,7 @@ def _change(
 def _enqueue(
     connection: Connection, changes: Iterable[AlertChange], sinks: Sequence[Sink], base_url: str
 ) -> int:
-    rows = []
+    count = 0
     for change in changes:
         generator_url = f"{base_url.rstrip('/')}/#node-{change.node_id}"
         for sink in sinks:
@@ -214,23 +214,21 @@ def _enqueue(
                 payload = alertmanager_payload(change, generator_url)
             else:
                 payload = webhook_payload(change, generator_url)
-            rows.append(
-                {
-                    "fingerprint": change.fingerprint,
-                    "sink": sink.kind,
-                    "url": sink.endpoint,
-                    "payload": json.dumps(payload, sort_keys=True),
-                    "created_at": change.changed_at,
-                    "attempts": 0,
-                    "next_attempt_at": change.changed_at,
-                    "lease_until": None,
-                    "delivered_at": None,
-                    "last_error": None,
-                }
-            )
-    for row in rows:  # one at a time: the outbox ids keep the order of the changes
-        connection.execute(_INSERT_OUTBOX, row)
-    return len(rows)
+            row = {
+                "fingerprint": change.fingerprint,
+                "sink": sink.kind,
+                "url": sink.endpoint,
+                "payload": json.dumps(payload, sort_keys=True),
+                "created_at": change.changed_at,
+                "attempts": 0,
+                "next_attempt_at": change.changed_at,
+                "lease_until": None,
+                "delivered_at": None,
+                "last_error": None,
+            }
+            connection.execute(_INSERT_OUTBOX, row)  # one at a time: ids keep the changes' order
+            count += 1
+    return count
 
 
 def record_appraisal(
