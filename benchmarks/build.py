@@ -105,6 +105,10 @@ class Series:
 def cache_for(work: Path, name: str, cold: bool) -> None:
     # A cold build gets an empty package cache (mkosi's .debs and our package check's apt
     # state both live there); a warm one the shared cache.
+    # The previous cold build's cache goes first: half a GB each, on a disk that also holds
+    # both builds' outputs.
+    for previous in work.glob("packages-*"):
+        shutil.rmtree(previous, ignore_errors=True)
     if cold:
         os.environ["ULTRAVIOLET_PACKAGE_CACHE"] = str(work / f"packages-{name}")
     else:

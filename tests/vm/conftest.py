@@ -1,7 +1,10 @@
-"""Shared by the VM tests: which accelerator boots here (probed once per session)."""
+"""Shared by the VM tests: which accelerator boots here (probed once per session), and a
+scratch directory per test module for its disks."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,20 @@ def accelerator(tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFact
     )
     print(f"VM accelerator: {probe.accelerator} ({probe.reason}, probe {probe.seconds:.1f} s)")
     return probe.accelerator
+
+
+@pytest.fixture(scope="module")
+def module_work(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Path]:
+    """A scratch directory for one VM test module: its disks and release copies take gigabytes,
+    so it is removed after the module when all of the module's tests passed (kept for
+    inspection when one failed), not only when the whole session ends."""
+    failed_before = request.session.testsfailed
+    work = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield work
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def vm_config(image: Path, keys: KeySet, accelerator: str, **options: Any) -> VmConfig:

@@ -88,9 +88,9 @@ def _credential(name: str, value: str) -> str:
 
 @pytest.fixture(scope="module")
 def attested(
-    tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
+    tools_chroot: ToolsChroot, module_work: Path, accelerator: str
 ) -> Iterator[AttestedBoot]:
-    directory = tmp_path_factory.mktemp("attest")
+    directory = module_work
     policy_path = directory / "container-host-attest.toml"
     policy_path.write_text(attest_policy_text())
     policy = load_policy(policy_path)

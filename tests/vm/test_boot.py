@@ -42,9 +42,7 @@ class CheckedBoot:
 
 
 @pytest.fixture(scope="module")
-def first_boot(
-    tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
-) -> CheckedBoot:
+def first_boot(tools_chroot: ToolsChroot, module_work: Path, accelerator: str) -> CheckedBoot:
     result, keys = build_cached_node(load_policy(example_policy_path()))
     config = vm_config(
         result.image,
@@ -52,7 +50,7 @@ def first_boot(
         accelerator,
         smbios=tuple(checker_smbios()),
     )
-    work = tmp_path_factory.mktemp("vm")
+    work = module_work
     booted = boot(config, re.compile(END_MARKER), work, tools_chroot)
     assert booted.ok, booted.explain()
     reference = parse_reference(result.reference.read_bytes())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ def _root_volume(report: GuestReport) -> str:
 
 @pytest.fixture(scope="module")
 def three_boots(
-    tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
+    tools_chroot: ToolsChroot, module_work: Path, accelerator: str
 ) -> list[GuestReport]:
     result, keys = build_cached_node(load_policy(example_policy_path()))
     config = vm_config(
@@ -42,7 +43,7 @@ def three_boots(
         smbios=tuple(checker_smbios(f"oneshot:{result.uki.name}@factory-reset")),
         settle=120,
     )
-    machine = tmp_path_factory.mktemp("factory-reset")
+    machine = module_work
     reports = []
     first = boot(config, DONE, machine, tools_chroot)
     assert first.ok, first.explain()

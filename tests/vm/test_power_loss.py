@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -32,10 +33,8 @@ class PowerLossRun:
 
 
 @pytest.fixture(scope="module")
-def power_loss_run(
-    tools_chroot: ToolsChroot, tmp_path_factory: pytest.TempPathFactory, accelerator: str
-) -> PowerLossRun:
-    work = tmp_path_factory.mktemp("power-loss")
+def power_loss_run(tools_chroot: ToolsChroot, module_work: Path, accelerator: str) -> PowerLossRun:
+    work = module_work
     update = update_vm(
         example_releases(),
         accelerator,

@@ -43,10 +43,10 @@ def releases(tools_chroot: ToolsChroot) -> tuple[BuildResult, BuildResult, KeySe
 def rollback_run(
     releases: tuple[BuildResult, BuildResult, KeySet],
     tools_chroot: ToolsChroot,
-    tmp_path_factory: pytest.TempPathFactory,
+    module_work: Path,
     accelerator: str,
 ) -> RollbackRun:
-    work = tmp_path_factory.mktemp("rollback")
+    work = module_work
     config = update_vm(releases, accelerator, work, tools_chroot, settle=120, timeout=900)
     machine = work / "machine"
     first = boot(config, DONE, machine, tools_chroot)

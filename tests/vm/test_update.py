@@ -46,11 +46,11 @@ def releases(tools_chroot: ToolsChroot) -> tuple[BuildResult, BuildResult, KeySe
 def update_run(
     releases: tuple[BuildResult, BuildResult, KeySet],
     tools_chroot: ToolsChroot,
-    tmp_path_factory: pytest.TempPathFactory,
+    module_work: Path,
     accelerator: str,
 ) -> UpdateRun:
     old, new, _ = releases
-    work = tmp_path_factory.mktemp("update")
+    work = module_work
     config = update_vm(releases, accelerator, work, tools_chroot, settle=120, timeout=900)
     machine = work / "machine"
     first = boot(config, DONE, machine, tools_chroot)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,6 +154,16 @@ def run_mkosi_reusing(
     return outputs, False
 
 
+def forget_builds_of_tree(cache: Path, name: str) -> None:
+    """Remove the cached builds of every content of the tree `name`: before a build of its new
+    content, since those of earlier contents are never used again (a cache kept across changes
+    would grow by a build per change)."""
+    same_tree = re.compile(re.escape(name) + "-[0-9a-f]{16}")
+    for build in cache.glob(f"{name}-*"):
+        if same_tree.fullmatch(build.name):
+            shutil.rmtree(build, ignore_errors=True)
+
+
 def build_cached(
     tree: Path,
     *,
@@ -167,7 +178,7 @@ def build_cached(
     if done.exists() and not rebuild:
         load_key_pair(key_path, cert_path)  # fails loudly if the cached keys were damaged
         return _find_outputs(directory, key_path, cert_path)
-    shutil.rmtree(directory, ignore_errors=True)
+    forget_builds_of_tree(directory.parent, tree.name)
     keys = generate_signing_key(f"Ultraviolet {tree.name} signing key")
     write_key_pair(keys, key_path, cert_path)
     outputs = run_mkosi(tree, directory, key_path, cert_path, progress=progress)

@@ -39,6 +39,10 @@ Progress = Callable[[str], None]
 PUBRING = "usr/lib/systemd/import-pubring.gpg"
 # Part of the cache key of cached builds: bump when the build pipeline changes its output.
 PIPELINE_VERSION = 16
+# How many node builds (about 1.6 GB each) the cache keeps, the most recently used: a test run
+# uses three (the example, its variant with a health check, the IPE-off variant).
+KEPT_BUILDS = 4
+USED_STAMP = ".used"
 
 
 @dataclass(frozen=True)
@@ -188,9 +192,10 @@ def cached_build_location(policy: NodePolicy, keys: Path | None = None) -> Cache
     with tempfile.TemporaryDirectory(prefix="uv-render-") as probe:
         digest = tree_digest(render_tree(policy, Path(probe) / "tree").directory)[:16]
     name = f"{policy.image.name}-{digest}"
-    if keys is not None:
-        name += "-k" + hashlib.sha256(load_keys(keys).certificate_pem("db")).hexdigest()[:8]
-    output = cache_dir() / "node-builds" / f"{name}-p{PIPELINE_VERSION}"
+    builds = cache_dir() / "node-builds"
+    if keys is not None and not _same_keys(keys, builds / f"{name}-p{PIPELINE_VERSION}" / "keys"):
+        name += "-k" + _db_fingerprint(keys)
+    output = builds / f"{name}-p{PIPELINE_VERSION}"
     return CachedBuild(
         output,
         output / f"release-{policy.digest[:16]}",
@@ -199,12 +204,33 @@ def cached_build_location(policy: NodePolicy, keys: Path | None = None) -> Cache
     )
 
 
-def _forget_other_pipelines(builds: Path) -> None:
-    # Builds of an older pipeline are never used again; a cache kept across versions (CI
-    # keeps one) would otherwise grow by gigabytes with every change of the pipeline.
-    for stale in builds.glob("*-p*"):
-        if stale.is_dir() and not stale.name.endswith(f"-p{PIPELINE_VERSION}"):
-            shutil.rmtree(stale, ignore_errors=True)
+def _db_fingerprint(keys: Path) -> str:
+    return hashlib.sha256(load_keys(keys).certificate_pem("db")).hexdigest()[:8]
+
+
+def _same_keys(keys: Path, generated: Path) -> bool:
+    # The next release of a policy whose mkosi tree did not change is signed by the keys
+    # generated for that tree's own build: it shares the build rather than a copy of it
+    # under a keyed name (1.6 GB and a whole mkosi run).
+    return generated.is_dir() and _db_fingerprint(keys) == _db_fingerprint(generated)
+
+
+def prune_cached_builds(builds: Path, keep: Path) -> None:
+    """Make room for the build `keep`: remove the builds of other pipeline versions (never
+    used again) and all but the KEPT_BUILDS - 1 most recently used others. A cache kept across
+    changes (CI keeps one) would otherwise grow by gigabytes with every change of the rendered
+    tree or of the pipeline."""
+    others = [b for b in builds.iterdir() if b.is_dir() and b != keep] if builds.is_dir() else []
+    current = f"-p{PIPELINE_VERSION}"
+    stale = [b for b in others if not b.name.endswith(current)]
+    kept = sorted((b for b in others if b.name.endswith(current)), key=_last_used, reverse=True)
+    for build in stale + kept[KEPT_BUILDS - 1 :]:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _last_used(build: Path) -> float:
+    stamp = build / USED_STAMP
+    return (stamp if stamp.exists() else build).stat().st_mtime
 
 
 def build_cached_node(
@@ -221,11 +247,13 @@ def build_cached_node(
     where = cached_build_location(policy, keys)
     if rebuild:
         shutil.rmtree(where.output, ignore_errors=True)
+    prune_cached_builds(where.output.parent, keep=where.output)
+    where.output.mkdir(parents=True, exist_ok=True)
+    (where.output / USED_STAMP).touch()
     if not where.keys.exists():
         init_keys(where.keys)
     key_set = load_keys(where.keys)
     if not where.marker.exists():
-        _forget_other_pipelines(where.output.parent)
         result = build_node(policy, where.output, key_set, release=where.release, progress=progress)
         where.marker.write_text("ok\n")
         return result, key_set
