@@ -379,17 +379,23 @@ SELECTIONS = st.lists(
 ).map(tuple)
 
 
-@given(NAMES, NAMES, CLOCKS, st.integers(0, 2**64 - 1), SELECTIONS, st.binary(max_size=64))
-def test_quote_writer_round_trips(
-    signer: bytes,
-    nonce: bytes,
-    clock: ClockInfo,
-    firmware: int,
-    selections: tuple[PcrSelection, ...],
-    pcr_digest: bytes,
-) -> None:
-    info = QuoteInfo(selections, pcr_digest)
-    attest = Attest(ST_ATTEST_QUOTE, signer, nonce, clock, firmware, info.to_bytes())
+@st.composite
+def quotes(draw: st.DrawFn) -> tuple[Attest, QuoteInfo]:
+    """A well-formed quote of any signer, nonce, clock, firmware and PCR selections."""
+    info = QuoteInfo(draw(SELECTIONS), draw(st.binary(max_size=64)))
+    return Attest(
+        ST_ATTEST_QUOTE,
+        draw(NAMES),
+        draw(NAMES),
+        draw(CLOCKS),
+        draw(st.integers(0, 2**64 - 1)),
+        info.to_bytes(),
+    ), info
+
+
+@given(quotes())
+def test_quote_writer_round_trips(quote: tuple[Attest, QuoteInfo]) -> None:
+    attest, info = quote
     data = attest.to_bytes()
     quote = parse_quote(data)
     assert (quote.attest, quote.info) == (attest, info)
@@ -490,17 +496,9 @@ def _fast_quote_is_checked(data: bytes) -> bool:
     return fast is not None
 
 
-@given(NAMES, NAMES, CLOCKS, st.integers(0, 2**64 - 1), SELECTIONS, st.binary(max_size=64))
-def test_quote_fast_path_equals_the_checked_reader(
-    signer: bytes,
-    nonce: bytes,
-    clock: ClockInfo,
-    firmware: int,
-    selections: tuple[PcrSelection, ...],
-    pcr_digest: bytes,
-) -> None:
-    info = QuoteInfo(selections, pcr_digest)
-    attest = Attest(ST_ATTEST_QUOTE, signer, nonce, clock, firmware, info.to_bytes())
+@given(quotes())
+def test_quote_fast_path_equals_the_checked_reader(quote: tuple[Attest, QuoteInfo]) -> None:
+    attest, _ = quote
     assert _fast_quote_is_checked(attest.to_bytes())  # a well-formed quote is never left out
 
 
