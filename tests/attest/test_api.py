@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
-from ultraviolet.attest.api import create_app
+from ultraviolet.attest.api import STORE_RETRY_AFTER, create_app
 from ultraviolet.attest.enrolment import ek_fingerprint
 from ultraviolet.attest.service import Verifier, VerifierConfig
 from ultraviolet.attest.store import Store
@@ -277,3 +278,16 @@ def test_a_retired_release_no_longer_counts(client: TestClient) -> None:
     )
     result = submit(client, node)
     assert (result["state"], result["release"]) == ("untrusted", None)
+
+
+def test_a_database_failure_is_a_503_that_says_when_to_come_back(
+    client: TestClient, store: Store
+) -> None:
+    node = simulated("web-4")
+    enrol(client, node)
+    with store.engine.begin() as connection:  # the nonce insert now fails in the database
+        connection.execute(text("DROP TABLE nonces"))
+    response = client.post(f"/v1/nodes/{node.node_id}/nonce")
+    assert response.status_code == 503
+    assert response.json()["error"] == "store.unavailable"
+    assert response.headers["Retry-After"] == str(STORE_RETRY_AFTER)

@@ -36,6 +36,7 @@ from ultraviolet.formats.evidence import parse_evidence
 from ultraviolet.formats.tpm import PublicArea, parse_public_2b, parse_signature, verify_quote
 from ultraviolet.formats.tpmcredential import make_credential
 from ultraviolet.node.agent import (
+    RETRY_AFTER_CAP,
     Agent,
     AgentConfig,
     Backoff,
@@ -44,6 +45,7 @@ from ultraviolet.node.agent import (
     VerifierUnavailable,
     _read_log,
     pcr_selection,
+    retry_after_seconds,
 )
 from ultraviolet.node.ipe import AuditLogSource
 from ultraviolet.node.tpm import TpmDriver
@@ -54,6 +56,9 @@ from ultraviolet.tools import ToolsChroot
 EVENTLOG = Path("/work/shared/testdata/eventlogs/crypto_agile_eventlog")
 
 
+SCRIPTED = {"error": "scripted"}
+
+
 @dataclass
 class MiniVerifier:
     """Enrols by credential activation, issues single-use nonces, checks quotes by the AK."""
@@ -62,13 +67,14 @@ class MiniVerifier:
     pending: dict[str, tuple[str, PublicArea, bytes]] = field(default_factory=dict)
     nonces: dict[str, bytes] = field(default_factory=dict)
     script: list[int] = field(default_factory=list)  # statuses to answer before serving
+    retry_after: str | None = None  # sent with the scripted answers
     log: list[tuple[str, int]] = field(default_factory=list)
     evidence: list[Any] = field(default_factory=list)
     enrolments: list[dict[str, Any]] = field(default_factory=list)
 
     def handle(self, path: str, body: Any) -> tuple[int, Any]:
         if self.script:
-            return self.script.pop(0), {"error": "scripted"}
+            return self.script.pop(0), SCRIPTED
         parts = path.strip("/").split("/")
         if parts == ["v1", "enrol"]:
             self.enrolments.append(body)
@@ -118,6 +124,8 @@ def serving(verifier: MiniVerifier, tls: ssl.SSLContext | None = None) -> Iterat
             verifier.log.append((self.path, status))
             payload = json.dumps(answer).encode()
             self.send_response(status)
+            if answer == SCRIPTED and verifier.retry_after is not None:
+                self.send_header("Retry-After", verifier.retry_after)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -162,6 +170,32 @@ def test_client_classifies_answers() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(VerifierUnavailable, match="refused"):
         VerifierClient(f"http://127.0.0.1:{port}", timeout=5).post("/v1/enrol", {})
+
+
+def test_retry_after_in_seconds_or_as_an_http_date_is_followed_up_to_an_hour() -> None:
+    now = datetime.datetime(2026, 11, 23, 12, 0, 0, tzinfo=datetime.UTC)
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds(" 0 ", now) == 0.0
+    assert retry_after_seconds("Mon, 23 Nov 2026 12:01:30 GMT", now) == 90.0
+    assert retry_after_seconds("Mon, 23 Nov 2026 12:01:30 -0000", now) == 90.0
+    assert retry_after_seconds("Mon, 23 Nov 2026 11:00:00 GMT", now) == 0.0  # already past
+    assert retry_after_seconds("86400", now) == RETRY_AFTER_CAP
+    assert retry_after_seconds("Tue, 01 Dec 2026 00:00:00 GMT", now) == RETRY_AFTER_CAP
+    for unreadable in (None, "", "soon", "-5", "1.5", "\u0661\u0662", "Mon, 99 Nov 2026"):
+        assert retry_after_seconds(unreadable, now) is None, unreadable
+
+
+def test_the_client_reads_a_503s_retry_after() -> None:
+    verifier = MiniVerifier(script=[503], retry_after="7")
+    with serving(verifier) as url:
+        with pytest.raises(VerifierUnavailable) as unavailable:
+            VerifierClient(url, timeout=5).post("/v1/nodes/x/nonce", {})
+        assert unavailable.value.retry_after == 7.0
+        verifier.script = [503]
+        verifier.retry_after = None
+        with pytest.raises(VerifierUnavailable) as plain:
+            VerifierClient(url, timeout=5).post("/v1/nodes/x/nonce", {})
+        assert plain.value.retry_after is None
 
 
 def test_a_missing_firmware_log_is_an_error_not_empty_evidence(tmp_path: Path) -> None:
@@ -237,6 +271,13 @@ def test_agent_protocol_against_a_minimal_verifier(
         assert len(sleeps) == 1 and 0 <= sleeps[0] <= 2.0
         assert len(verifier.evidence) == 4
         assert verifier.evidence[-1].quote != verifier.evidence[-2].quote
+
+        # A 503 that says when to come back: that long, plus the jittered backoff.
+        verifier.script, verifier.retry_after = [503], "3"
+        sleeps.clear()
+        agent.run(cycles=1)
+        assert len(sleeps) == 1 and 3.0 <= sleeps[0] <= 3.0 + 2.0
+        assert len(verifier.evidence) == 5
 
 
 def test_uvctl_agent_takes_verifier_and_pcrs_from_the_policy(tmp_path: Path) -> None:

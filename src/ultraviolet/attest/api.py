@@ -98,6 +98,11 @@ def _b64(text: str, what: str) -> bytes:
         raise BadRequest("request.base64", f"{what} is not base64") from None
 
 
+# What a 503 for the database asks clients to wait, in seconds: about a database restart or
+# failover. The agent adds its jittered backoff to it, so a fleet does not return in lockstep.
+STORE_RETRY_AFTER = 5
+
+
 def _error(status: int, error_id: str, message: str) -> JSONResponse:
     return JSONResponse({"error": error_id, "message": message}, status_code=status)
 
@@ -116,7 +121,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         # The database is restarting, or a concurrent request won a race: nothing was
         # committed, the client tries again (the agent backs off).
         log.warning("store error on %s: %s", request.url.path, exc.orig)
-        return _error(503, "store.unavailable", "the database did not complete the request")
+        answer = _error(503, "store.unavailable", "the database did not complete the request")
+        answer.headers["Retry-After"] = str(STORE_RETRY_AFTER)
+        return answer
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

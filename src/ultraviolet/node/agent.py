@@ -12,13 +12,16 @@ Attestation, every `interval` seconds:
   measurement log and the IPE audit records since the last accepted report;
   POST /v1/nodes/{node_id}/evidence {"nonce", "evidence"}.
 When the verifier cannot be reached (or answers 5xx/408/429) the agent waits with exponential
-backoff and full jitter, and keeps trying forever: it is a plain service that nothing in boot
-waits for. HTTP is the standard library's urllib, so the node needs no HTTP package.
+backoff and full jitter (on top of the answer's Retry-After, if it has one), and keeps trying
+forever: it is a plain service that nothing in boot waits for. HTTP is the standard library's
+urllib, so the node needs no HTTP package.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import email.utils
 import fcntl
 import json
 import logging
@@ -46,8 +49,37 @@ RETRIABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 UNKNOWN_NODE_STATUS = {401, 403, 404}  # the verifier forgot us: enrol again
 
 
+# A Retry-After beyond this is not followed: a mistaken or forged header must not silence a
+# node for longer (the verifier marks it stale long before).
+RETRY_AFTER_CAP = 3600.0
+
+
 class VerifierUnavailable(AttestationError):
-    """The verifier could not be reached or asked us to come back later."""
+    """The verifier could not be reached or asked us to come back later (`retry_after`
+    seconds, when it said so)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+def retry_after_seconds(value: str | None, now: dt.datetime | None = None) -> float | None:
+    """An HTTP Retry-After (RFC 9110 section 10.2.3: delay-seconds or an HTTP-date) in seconds
+    from `now`, at most RETRY_AFTER_CAP; None when absent or unreadable (then the backoff
+    alone decides)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return min(float(text), RETRY_AFTER_CAP)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": RFC 5322's unknown zone, which HTTP dates are in UTC
+        when = when.replace(tzinfo=dt.UTC)
+    seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
 
 class VerifierRefused(AttestationError):
@@ -103,7 +135,8 @@ class VerifierClient:
             detail = exc.read()[:500].decode("utf-8", "replace")
             message = f"POST {url}: HTTP {exc.code}: {detail}"
             if exc.code in RETRIABLE_STATUS:
-                raise VerifierUnavailable(message) from None
+                wait = retry_after_seconds(exc.headers.get("Retry-After"))
+                raise VerifierUnavailable(message, wait) from None
             raise VerifierRefused(exc.code, message) from None
         except (urllib.error.URLError, OSError) as exc:  # refused, reset, DNS, timeout
             raise VerifierUnavailable(f"POST {url}: {exc}") from None
@@ -293,7 +326,9 @@ class Agent:
                 self.step()
             except VerifierUnavailable as exc:
                 failures += 1
-                wait = self.config.backoff.delay(failures)
+                # What the verifier asked for, plus the jittered backoff: a fleet told the
+                # same Retry-After must not come back in the same second.
+                wait = (exc.retry_after or 0.0) + self.config.backoff.delay(failures)
                 log.warning("verifier unavailable (%s); retrying in %.1f s", exc, wait)
                 self.sleep(wait)
                 continue
