@@ -230,7 +230,10 @@ def prune_cached_builds(builds: Path, keep: Path) -> None:
 
 def _last_used(build: Path) -> float:
     stamp = build / USED_STAMP
-    return (stamp if stamp.exists() else build).stat().st_mtime
+    try:
+        return (stamp if stamp.exists() else build).stat().st_mtime
+    except FileNotFoundError:  # removed meanwhile by another process's pruning
+        return 0.0
 
 
 def build_cached_node(
@@ -243,7 +246,8 @@ def build_cached_node(
     """Build into the cache directory, one directory per mkosi tree (and key set), so that
     policies differing only in what the UKI carries share the mkosi build, with one release
     per node policy. Keys are generated there unless `keys` names a key set (the next version
-    of a release must be signed by the same keys). The demo and the build tests share it."""
+    of a release must be signed by the same keys). The demo and the build tests share it; it
+    keeps the KEPT_BUILDS most recently used builds."""
     where = cached_build_location(policy, keys)
     if rebuild:
         shutil.rmtree(where.output, ignore_errors=True)
