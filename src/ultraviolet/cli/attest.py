@@ -151,6 +151,16 @@ def serve_command(args: argparse.Namespace) -> int:
         background=lambda: start_maintenance(verifier, metrics, interval=args.maintenance_interval),
     )
     logging.getLogger("ultraviolet").setLevel(logging.INFO)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    # The C parser and loop (dependencies of ours): named, so that a missing one fails here
+    # instead of the worker quietly running on the slower pure-Python ones.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        loop="uvloop",
+        log_level="info",
+        access_log=False,
+    )
     store.close()
     return 0
