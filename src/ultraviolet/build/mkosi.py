@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,10 +158,8 @@ def forget_builds_of_tree(cache: Path, name: str) -> None:
     """Remove the cached builds of every content of the tree `name`: before a build of its new
     content, since those of earlier contents are never used again (a cache kept across changes
     would grow by a build per change)."""
-    same_tree = re.compile(re.escape(name) + "-[0-9a-f]{16}")
-    for build in cache.glob(f"{name}-*"):
-        if same_tree.fullmatch(build.name):
-            shutil.rmtree(build, ignore_errors=True)
+    for build in cache.glob(glob.escape(name) + "-" + "[0-9a-f]" * 16):
+        shutil.rmtree(build, ignore_errors=True)
 
 
 def build_cached(
